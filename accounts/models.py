@@ -1,0 +1,180 @@
+"""Users (email is the login), workspaces, memberships, plans and AppSumo licences."""
+
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models, transaction
+from django.utils import timezone
+
+FREE_PLAN_SLUG = "free"
+
+
+class Plan(models.Model):
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    daily_message_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Messages per day for the whole workspace; empty means unlimited."
+    )
+    member_daily_message_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Messages per day for each member; empty means no per-member limit."
+    )
+    allowed_model_tiers = models.JSONField(
+        default=list, blank=True, help_text='Model tiers this plan includes, e.g. ["basic", "premium"].'
+    )
+    allowed_model_slugs = models.JSONField(
+        default=list, blank=True, help_text="Extra models allowed by exact slug, whatever their tier."
+    )
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def allows_model(self, *, slug: str, tier: str) -> bool:
+        return tier in self.allowed_model_tiers or slug in self.allowed_model_slugs
+
+
+class WorkspaceManager(models.Manager["Workspace"]):
+    def create_personal(self, *, owner: User) -> Workspace:
+        """The workspace every user gets: free plan, owned by them, made their current one."""
+        with transaction.atomic():
+            workspace = self.create(name=f"{owner.email}'s workspace", plan=Plan.objects.get(slug=FREE_PLAN_SLUG))
+            Membership.objects.create(user=owner, workspace=workspace, role=Membership.Role.OWNER)
+            owner.current_workspace = workspace
+            owner.save(update_fields=["current_workspace"])
+        return workspace
+
+
+class Workspace(models.Model):
+    name = models.CharField(max_length=200)
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="workspaces")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = WorkspaceManager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.pk})"
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra_fields: object) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        with transaction.atomic(using=self._db):
+            user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+            user.set_password(password)
+            user.save(using=self._db)
+            Workspace.objects.create_personal(owner=user)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra_fields: object) -> User:
+        extra_fields.setdefault("is_staff", False)
+        extra_fields.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra_fields)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra_fields: object) -> User:
+        extra_fields["is_staff"] = True
+        extra_fields["is_superuser"] = True
+        return self._create_user(email, password, **extra_fields)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    email = models.EmailField(unique=True)
+    name = models.CharField(max_length=150, blank=True)
+    is_staff = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=timezone.now)
+    current_workspace = models.ForeignKey(
+        Workspace, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["user", "workspace"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.workspace} ({self.role})"
+
+    @property
+    def can_manage_members(self) -> bool:
+        return self.role in (self.Role.OWNER, self.Role.ADMIN)
+
+
+class AppSumoTier(models.Model):
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    daily_message_limit = models.PositiveIntegerField()
+    monthly_message_limit = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AppSumoLicence(models.Model):
+    """A lifetime-deal licence redeemed on a workspace; its caps apply on top of the plan's."""
+
+    licence_key = models.CharField(max_length=100, unique=True)
+    tier = models.ForeignKey(AppSumoTier, on_delete=models.PROTECT, related_name="licences")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="appsumo_licences")
+    activated_at = models.DateTimeField(default=timezone.now)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace"],
+                condition=models.Q(deactivated_at__isnull=True),
+                name="one_active_licence_per_workspace",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tier} licence for {self.workspace}"
+
+
+class OpenRouterKey(models.Model):
+    """A user's own OpenRouter key (BYOK), encrypted at rest; see accounts.encryption."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="openrouter_key")
+    encrypted_key = models.TextField()
+    last4 = models.CharField(max_length=4)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"OpenRouter key …{self.last4} of {self.user}"

@@ -1,0 +1,213 @@
+"""Bearer-key authentication for /v1: a DRF authentication class with an async fast path.
+
+The fast path resolves a key to its grant with one cache round trip (the grant and the access epoch
+together) and touches the database only on a miss, or when Redis is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from accounts.access import ACCESS_EPOCH_KEY, WorkspaceAccess, local_access_epoch
+from accounts.models import User
+from apikeys import keys
+from apikeys.services import KeyGrant, find_key_grant, touch_last_used
+from writingmate.db import run_db
+from writingmate.redis_connection import async_redis
+
+logger = logging.getLogger(__name__)
+
+GRANT_CACHE_SECONDS = 60
+LAST_USED_INTERVAL_SECONDS = 60
+_GRANT_KEY = "wm:grant:"
+_LAST_USED_KEY = "wm:last-used:"
+_MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). Create a Writingmate developer key "
+    "in Settings → API Keys."
+)
+
+
+class InvalidApiKey(exceptions.AuthenticationFailed):
+    default_code = "invalid_api_key"
+
+
+class WorkspaceAccessDenied(exceptions.PermissionDenied):
+    default_code = "workspace_access_denied"
+
+
+@dataclass(frozen=True)
+class ApiCaller:
+    """The authenticated side of a /v1 request: which key, which user, which workspace."""
+
+    grant: KeyGrant
+    workspace: WorkspaceAccess
+
+    @property
+    def user_id(self) -> int:
+        return self.grant.user_id
+
+    @property
+    def key_id(self) -> int:
+        return self.grant.key_id
+
+    @property
+    def byok_ciphertext(self) -> str | None:
+        return self.grant.access.byok_ciphertext
+
+
+def _masked(presented: str) -> str:
+    if len(presented) <= 8:
+        return "*" * len(presented)
+    return f"{presented[:4]}{'*' * 8}{presented[-4:]}"
+
+
+def _presented_key(authorization: str | None) -> str:
+    if not authorization:
+        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
+    scheme, _, presented = authorization.strip().partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
+    if not keys.is_well_formed(presented):
+        raise InvalidApiKey(f"Incorrect API key provided: {_masked(presented)}. Check the key in Settings → API Keys.")
+    return presented
+
+
+def _check_not_expired(grant: KeyGrant | None, presented: str) -> KeyGrant:
+    if grant is None or (grant.expires_at is not None and grant.expires_at <= time.time()):
+        raise InvalidApiKey(
+            f"Incorrect API key provided: {_masked(presented)}. The key is unknown, revoked or expired."
+        )
+    return grant
+
+
+def select_workspace(grant: KeyGrant, workspace_header: str | None) -> WorkspaceAccess:
+    access = grant.access
+    if workspace_header is None or not workspace_header.strip():
+        workspace_id = access.current_workspace_id
+        if workspace_id is None or workspace_id not in access.workspaces:
+            # A user whose current workspace was deleted still has their other memberships.
+            if not access.workspaces:
+                raise WorkspaceAccessDenied("Your account has no workspace. Create one in Settings → Workspaces.")
+            workspace_id = min(access.workspaces)
+        return access.workspaces[workspace_id]
+    raw = workspace_header.strip()
+    workspace = access.workspaces.get(int(raw)) if raw.isdigit() else None
+    if workspace is None:
+        raise WorkspaceAccessDenied(
+            f"Workspace {raw!r} does not exist or you are not a member of it (x-writingmate-workspace)."
+        )
+    return workspace
+
+
+class _LocalGrantCache:
+    """The grant cache of a process without Redis: entries die with the TTL or the local access epoch."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, int, KeyGrant | None]] = {}
+        self._last_used: dict[int, float] = {}
+
+    def get(self, key_hash: str) -> tuple[bool, KeyGrant | None]:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic() or entry[1] != local_access_epoch():
+            return False, None
+        return True, entry[2]
+
+    def put(self, key_hash: str, epoch: int, grant: KeyGrant | None) -> None:
+        if len(self._entries) > 50_000:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + GRANT_CACHE_SECONDS, epoch, grant)
+
+    def should_touch(self, key_id: int) -> bool:
+        now = time.monotonic()
+        if now - self._last_used.get(key_id, -LAST_USED_INTERVAL_SECONDS) < LAST_USED_INTERVAL_SECONDS:
+            return False
+        self._last_used[key_id] = now
+        return True
+
+
+_local_cache = _LocalGrantCache()
+_background_tasks: set[asyncio.Task] = set()
+
+
+def _in_background(coro) -> None:
+    task = asyncio.ensure_future(coro)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def _touch_if_due(key_id: int, due: bool) -> None:
+    if due:
+        _in_background(run_db(touch_last_used, key_id=key_id))
+
+
+async def resolve_grant(presented: str) -> KeyGrant:
+    key_hash = keys.hash_key(presented)
+    client = async_redis()
+    if client is None:
+        hit, grant = _local_cache.get(key_hash)
+        if not hit:
+            epoch = local_access_epoch()
+            grant = await run_db(find_key_grant, key_hash=key_hash)
+            _local_cache.put(key_hash, epoch, grant)
+        grant = _check_not_expired(grant, presented)
+        await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
+        return grant
+
+    try:
+        cached, epoch = await client.mget(_GRANT_KEY + key_hash, ACCESS_EPOCH_KEY)
+    except Exception:
+        logger.warning("Redis unavailable for key lookup; reading the database instead", exc_info=True)
+        grant = _check_not_expired(await run_db(find_key_grant, key_hash=key_hash), presented)
+        await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
+        return grant
+
+    epoch = int(epoch or 0)
+    grant: KeyGrant | None = None
+    entry = json.loads(cached) if cached else None
+    if entry is not None and entry["epoch"] == epoch:
+        grant = KeyGrant.from_dict(entry["grant"]) if entry["grant"] else None
+    else:
+        grant = await run_db(find_key_grant, key_hash=key_hash)
+        payload = json.dumps({"epoch": epoch, "grant": grant.to_dict() if grant else None})
+        try:
+            await client.set(_GRANT_KEY + key_hash, payload, ex=GRANT_CACHE_SECONDS)
+        except Exception:
+            logger.warning("could not cache a key grant in Redis", exc_info=True)
+    grant = _check_not_expired(grant, presented)
+    try:
+        due = bool(await client.set(_LAST_USED_KEY + str(grant.key_id), b"1", nx=True, ex=LAST_USED_INTERVAL_SECONDS))
+    except Exception:
+        due = _local_cache.should_touch(grant.key_id)
+    await _touch_if_due(grant.key_id, due)
+    return grant
+
+
+async def authenticate_api_request(*, authorization: str | None, workspace_header: str | None) -> ApiCaller:
+    grant = await resolve_grant(_presented_key(authorization))
+    return ApiCaller(grant=grant, workspace=select_workspace(grant, workspace_header))
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """DRF authentication by developer key. The async gateway calls `authenticate_api_request`."""
+
+    def authenticate(self, request: Request) -> tuple[object, ApiCaller] | None:
+        header = get_authorization_header(request).decode("latin1")
+        if not header.lower().startswith("bearer "):
+            return None
+        presented = _presented_key(header)
+        grant = _check_not_expired(find_key_grant(key_hash=keys.hash_key(presented)), presented)
+        caller = ApiCaller(grant=grant, workspace=select_workspace(grant, request.headers.get("x-writingmate-workspace")))
+        return User.objects.get(pk=grant.user_id), caller
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"

@@ -1,0 +1,79 @@
+"""The usage ledger (append-only), the daily roll-up the seed calls daily_message_count, and the
+database side of quota reservations and idempotent requests."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class UsageEvent(models.Model):
+    """One immutable ledger line: a request that reached the upstream, or a later settlement of it."""
+
+    class Kind(models.TextChoices):
+        REQUEST = "request", "Request"
+        SETTLEMENT = "settlement", "Settlement (correction to upstream figures)"
+
+    class Status(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed upstream"
+        CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+
+    request_id = models.CharField(max_length=64)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.REQUEST)
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    model = models.CharField(max_length=200)
+    endpoint = models.CharField(max_length=40)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    counted_messages = models.IntegerField(default=0)
+    byok = models.BooleanField(default=False)
+    status = models.CharField(max_length=24, choices=Status.choices)
+    tokens_estimated = models.BooleanField(default=False, help_text="Counted with tiktoken, not upstream figures.")
+    generation_id = models.CharField(max_length=200, blank=True)
+    latency_ms = models.IntegerField(default=0)
+    day = models.DateField(help_text="The billing day (BILLING_DAY_TIMEZONE).")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "kind"], name="one_ledger_line_per_request_kind")]
+        indexes = [
+            models.Index(fields=["workspace", "day"]),
+            models.Index(fields=["day", "workspace", "user"]),
+            models.Index(fields=["status", "tokens_estimated"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.kind}: {self.counted_messages} messages"
+
+
+class DailyMessageCount(models.Model):
+    """Per workspace × user × billing day, recomputed from the ledger by the roll-up."""
+
+    workspace = models.ForeignKey("accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    day = models.DateField()
+    count = models.IntegerField(default=0, help_text="Messages counted against the plan (BYOK excluded).")
+    byok_count = models.IntegerField(default=0, help_text="Messages of BYOK requests, recorded but not limited.")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    requests = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "daily_message_count"
+        ordering = ["-day", "workspace_id", "user_id"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "user", "day"], name="one_count_per_member_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} workspace {self.workspace_id} user {self.user_id}: {self.count}"

@@ -1,0 +1,185 @@
+"""The ASGI side of /v1: a lean Django handler and the dispatcher that puts it in front of the site.
+
+Django's stock ASGI handler runs the site's middleware, makes a thread-sensitive context per request
+and hops to a thread twice per request (request_started receivers, response.close()). /v1 needs none
+of that: its views are async, do database work on gateway.db's own threads, and own their errors, so
+this handler runs them straight on the event loop. It also caps request bodies before reading them,
+notices a client that goes away (the view is cancelled, so the upstream call is cancelled), and runs
+the request's finalizers (billing) once the response is out or the client is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.http import Http404, HttpRequest, HttpResponseBase
+from django.urls import Resolver404
+
+from gateway.errors import ApiError, error_response
+from gateway.providers.http import close_upstream_session
+from writingmate.redis_connection import close_async_redis
+
+logger = logging.getLogger(__name__)
+
+API_PREFIXES = ("/api/openai/v1/", "/v1/")
+_BODY_SPOOL_BYTES = 1024 * 1024
+
+Finalizer = Callable[[], Awaitable[None]]
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES) or path in ("/api/openai/v1", "/v1")
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def add_finalizer(request: HttpRequest, finalizer: Finalizer) -> None:
+    """Run `finalizer` after the response is sent, or after the client disconnected."""
+    request.api_finalizers.append(finalizer)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ApiHandler(ASGIHandler):
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = self._respond
+
+    async def _respond(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            return await self._get_response_async(request)
+        except (Http404, Resolver404):
+            return error_response(
+                ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
+            )
+        except Exception:
+            logger.exception("unhandled error on %s %s (%s)", request.method, request.path, request.request_id)
+            return error_response(
+                ApiError(
+                    f"The server had an error while processing your request. Request id: {request.request_id}.",
+                    status=500,
+                    error_type="server_error",
+                )
+            )
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        request_id = new_request_id()
+        limit = settings.API_MAX_AUDIO_BYTES + 1024 * 1024 if scope["path"].endswith("/audio/transcriptions") else settings.API_MAX_JSON_BODY_BYTES
+        try:
+            body_file = await self._read_body(scope, receive, limit)
+        except RequestAborted:
+            return
+        except _BodyTooLarge:
+            too_large = ApiError(
+                f"Request body too large: the limit is {limit} bytes.", status=413, code="request_too_large"
+            )
+            await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            return
+        request, bad_request = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(
+                error_response(invalid_http_request(), extra_headers={"x-request-id": request_id}), send
+            )
+            return
+        request.request_id = request_id
+        request.api_finalizers = []
+
+        async def process() -> None:
+            response = await self.run_get_response(request)
+            response["x-request-id"] = request_id
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+
+        serving = asyncio.create_task(process())
+        watching = asyncio.create_task(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((serving, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, watching):
+                if not task.done():
+                    task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, RequestAborted):
+                    pass
+                except Exception:
+                    logger.exception("error while serving %s (%s)", scope["path"], request_id)
+            for finalizer in request.api_finalizers:
+                try:
+                    await asyncio.shield(finalizer())
+                except Exception:
+                    logger.exception("request finalizer failed (%s)", request_id)
+            body_file.close()
+
+    async def _read_body(self, scope: dict, receive: Callable, limit: int) -> tempfile.SpooledTemporaryFile:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _BodyTooLarge
+        body_file = tempfile.SpooledTemporaryFile(max_size=_BODY_SPOOL_BYTES, mode="w+b")
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                body_file.close()
+                raise _BodyTooLarge
+            if chunk:
+                body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
+
+
+def invalid_http_request() -> ApiError:
+    return ApiError("The request could not be parsed (bad encoding or headers).", status=400, code="invalid_request")
+
+
+class ApiApplication:
+    """Routes /v1 to ApiHandler and everything else to Django's own handler; owns the lifespan."""
+
+    def __init__(self, *, site_application: Callable) -> None:
+        self.site_application = site_application
+        self.api_handler = ApiHandler()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and is_api_path(scope["path"]):
+            await self.api_handler(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.site_application(scope, receive, send)
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await close_upstream_session()
+                await close_async_redis()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

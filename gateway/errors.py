@@ -1,0 +1,76 @@
+"""Every /v1 failure as OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpResponse
+from rest_framework import exceptions as drf_exceptions
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+        self.error_type = error_type or _TYPE_BY_STATUS.get(status, "api_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(message, status=400, param=param, code=code)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        f"The model `{model}` does not exist or you do not have access to it. List available models at /v1/models.",
+        status=404,
+        param="model",
+        code="model_not_found",
+    )
+
+
+def from_drf_exception(exc: drf_exceptions.APIException) -> ApiError:
+    codes = exc.get_codes()
+    code = codes if isinstance(codes, str) else None
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return ApiError(str(detail), status=exc.status_code, code=code)
+
+
+def error_response(error: ApiError, *, extra_headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(
+        json.dumps(error.body()), status=error.status, content_type="application/json"
+    )
+    for name, value in {**error.headers, **(extra_headers or {})}.items():
+        response[name] = value
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="writingmate"'
+    return response

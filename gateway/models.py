@@ -1,0 +1,53 @@
+"""The model catalogue: which slugs /v1 serves, through which upstream, and in which plan tier."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class CatalogueModelQuerySet(models.QuerySet["CatalogueModel"]):
+    def enabled(self) -> CatalogueModelQuerySet:
+        return self.filter(enabled=True)
+
+
+class CatalogueModel(models.Model):
+    class Provider(models.TextChoices):
+        OPENROUTER = "openrouter", "OpenRouter"
+        DEMO = "demo", "Demo (offline)"
+        TRANSCRIPTION = "transcription", "Transcription upstream"
+
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat / completions / responses"
+        TRANSCRIPTION = "transcription", "Audio transcription"
+
+    slug = models.CharField(max_length=200, unique=True, help_text="The id clients send, e.g. openai/gpt-5-mini.")
+    display_name = models.CharField(max_length=200)
+    provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.OPENROUTER)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.CHAT)
+    upstream_model = models.CharField(
+        max_length=200, blank=True, help_text="The upstream's name for this model; empty means the slug itself."
+    )
+    tier = models.CharField(max_length=40, default="basic", help_text="Plans allow models by tier.")
+    owned_by = models.CharField(max_length=100, blank=True)
+    context_length = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    allow_routing_params = models.BooleanField(
+        default=False,
+        help_text="Let clients send OpenRouter routing fields (models, route, provider, plugins, transforms).",
+    )
+    created = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CatalogueModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_model or self.slug

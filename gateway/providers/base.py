@@ -1,0 +1,59 @@
+"""What every upstream provider speaks: OpenAI's wire format, as raw bytes in and out.
+
+A provider gets a fully prepared call (the URL comes from settings, never from the client) and
+returns the upstream's status, headers and either the whole body or an async iterator of raw
+chunks. Streams are relayed byte for byte by gateway.streaming; providers never touch the ORM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """The upstream could not be reached or did not answer in time.
+
+    `status` is what the client gets (502 for connection errors, 504 for timeouts); `retryable`
+    says whether trying once more is safe, which is only ever before a byte reached the client.
+    """
+
+    def __init__(self, message: str, *, status: int = 502, retryable: bool = True, code: str = "upstream_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.code = code
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    path: str  # e.g. "/chat/completions", appended to the provider's configured base URL
+    api_key: str
+    request_id: str
+    json_body: dict | None = None
+    form_fields: Mapping[str, str] = field(default_factory=dict)
+    file_field: tuple[str, bytes | object, str] | None = None  # (filename, content or file, content type)
+    stream: bool = False
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
+    release: Callable[[], Awaitable[None]] | None = None
+
+    async def close(self) -> None:
+        """Release the connection; for an unfinished stream this aborts it, so the upstream stops."""
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release()
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, call: UpstreamCall) -> UpstreamResponse: ...

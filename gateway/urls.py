@@ -1,0 +1,15 @@
+"""/v1 routes, mounted under /api/openai/v1/ and its alias /v1/ (see writingmate.urls)."""
+
+from django.urls import path, re_path
+
+from gateway import views
+
+api_patterns = [
+    path("models", views.models_list, name="models"),
+    # Model ids contain "/": match the rest of the path, whether the slash came literal or as %2F.
+    re_path(r"^models/(?P<model_id>.+)$", views.models_retrieve, name="model"),
+    path("chat/completions", views.chat_completions, name="chat-completions"),
+    path("completions", views.completions, name="completions"),
+    path("responses", views.responses, name="responses"),
+    path("audio/transcriptions", views.audio_transcriptions, name="audio-transcriptions"),
+]

@@ -1,0 +1,101 @@
+"""Shared fixtures: service detection, a live ASGI server, clean caches, users and keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def using_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    postgres_reason = None if using_postgres() else "needs PostgreSQL: set DATABASE_URL=postgres://..."
+    redis_url = settings.REDIS_URL
+    redis_reason = None
+    if not redis_url:
+        redis_reason = "needs Redis: set REDIS_URL=redis://..."
+    elif not _reachable(redis_url, 6379):
+        redis_reason = f"Redis at {redis_url} is not reachable"
+    for item in items:
+        for marker, reason in (("postgres", postgres_reason), ("redis", redis_reason)):
+            if reason and item.get_closest_marker(marker):
+                if REQUIRE_SERVICES:
+                    item.add_marker(pytest.mark.xfail(reason=f"REQUIRE_SERVICES=1 but {reason}", run=False, strict=True))
+                else:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_SERVICES:
+        problems = []
+        if not using_postgres():
+            problems.append("DATABASE_URL is not PostgreSQL")
+        if not settings.REDIS_URL or not _reachable(settings.REDIS_URL, 6379):
+            problems.append("Redis is not reachable at REDIS_URL")
+        if problems:
+            raise pytest.UsageError("REQUIRE_SERVICES=1: " + "; ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _clean_caches() -> Iterator[None]:
+    from tests.support import reset_process_state
+
+    reset_process_state()
+    yield
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_base = f"{self.url}/api/openai/v1"
+        self.v1_base = f"{self.url}/v1"
+
+
+@pytest.fixture
+def live_server(transactional_db: None) -> Iterator[LiveServer]:
+    """The real ASGI app under uvicorn, in a thread of this process, on a free loopback port."""
+    import uvicorn
+
+    from writingmate.asgi import application
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    yield LiveServer(port)
+    server.should_exit = True
+    thread.join(timeout=10)

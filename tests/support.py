@@ -1,0 +1,46 @@
+"""Helpers the tests share: resetting per-process state, users with keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from accounts import access
+from accounts.models import Plan, User
+from apikeys import authentication
+from apikeys.services import create_api_key
+from gateway import catalogue
+from writingmate.redis_connection import sync_redis
+
+
+def reset_process_state() -> None:
+    """Forget every cache a previous test may have filled: local grants, catalogue, test Redis."""
+    authentication._local_cache = authentication._LocalGrantCache()
+    access.bump_access_epoch()
+    catalogue.forget_catalogue()
+    if settings.REDIS_URL:
+        client = sync_redis()
+        try:
+            client.flushdb()
+        except Exception:  # noqa: S110 -- a test that needs Redis is marked and reports it
+            pass
+
+
+@dataclass
+class KeyedUser:
+    user: User
+    key: str
+
+    @property
+    def workspace(self):
+        return self.user.current_workspace
+
+
+def make_user(email: str = "dev@example.com", *, plan: str = "unlimited", password: str = "a-long-password-1") -> KeyedUser:
+    user = User.objects.create_user(email, password)
+    workspace = user.current_workspace
+    workspace.plan = Plan.objects.get(slug=plan)
+    workspace.save(update_fields=["plan"])
+    access.bump_access_epoch()
+    return KeyedUser(user=user, key=create_api_key(user=user, name="test").plaintext)
