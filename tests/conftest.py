@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings
 
+from tests.fake_upstream import FakeUpstream
+
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 
@@ -99,3 +101,18 @@ def live_server(transactional_db: None) -> Iterator[LiveServer]:
     yield LiveServer(port)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def fake_upstream(settings) -> Iterator[FakeUpstream]:
+    """A fresh fake OpenRouter (and transcription upstream) on loopback, wired into the settings."""
+    fake = FakeUpstream().start()
+    settings.OPENROUTER_BASE_URL = fake.base_url
+    settings.OPENROUTER_API_KEY = "sk-or-server-key"
+    settings.DEMO_PROVIDER_ENABLED = False
+    settings.TRANSCRIPTION_BASE_URL = fake.base_url
+    settings.TRANSCRIPTION_API_KEY = "sk-transcribe-key"
+    try:
+        yield fake
+    finally:
+        fake.stop()
