@@ -143,6 +143,7 @@ TRANSCRIPTION_BASE_URL = env.str("TRANSCRIPTION_BASE_URL", default="https://api.
 TRANSCRIPTION_API_KEY = env.str("TRANSCRIPTION_API_KEY", default="")
 # The demo provider serves demo/... models offline; it is on only while no upstream key is set.
 DEMO_PROVIDER_ENABLED = env.bool("DEMO_PROVIDER_ENABLED", default=not OPENROUTER_API_KEY)
+DEMO_STREAM_DELAY_SECONDS = env.float("DEMO_STREAM_DELAY_SECONDS", default=0.02)
 
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = env.float("UPSTREAM_CONNECT_TIMEOUT_SECONDS", default=5.0)
 UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS = env.float("UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", default=120.0)
@@ -162,6 +163,16 @@ BILLING_TOKENS_PER_MESSAGE = env.int("BILLING_TOKENS_PER_MESSAGE", default=16000
 BILLING_CACHED_TOKEN_DISCOUNT = env.str("BILLING_CACHED_TOKEN_DISCOUNT", default="0.5")
 BILLING_DAY_TIMEZONE = env.str("BILLING_DAY_TIMEZONE", default="UTC")
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
+# How long a concurrent duplicate waits for the first request with its Idempotency-Key before a 409.
+IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=5.0)
+# An in-flight reservation expires after this (a crashed process cannot hold messages for ever).
+BILLING_RESERVATION_TTL_SECONDS = env.int("BILLING_RESERVATION_TTL_SECONDS", default=900)
+# Each Redis quota counter is merged with the ledger this often, healing settles Redis missed.
+BILLING_QUOTA_RECONCILE_SECONDS = env.int("BILLING_QUOTA_RECONCILE_SECONDS", default=60)
+# After a Redis error, limits are enforced in the database for this long before Redis is tried again.
+BILLING_REDIS_RETRY_SECONDS = env.float("BILLING_REDIS_RETRY_SECONDS", default=5.0)
+# How long a usage event is retried while the database is unreachable before it is spooled to Redis.
+BILLING_LEDGER_RETRY_SECONDS = env.float("BILLING_LEDGER_RETRY_SECONDS", default=120.0)
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -172,6 +183,7 @@ CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE = {
     "rollup-daily-message-counts": {"task": "billing.tasks.rollup_daily_message_counts_task", "schedule": 60.0},
     "settle-abandoned-streams": {"task": "billing.tasks.settle_pending_generations_task", "schedule": 120.0},
+    "purge-idempotent-requests": {"task": "billing.tasks.purge_idempotent_requests_task", "schedule": 3600.0},
     "sync-models": {"task": "gateway.tasks.sync_models_task", "schedule": 6 * 3600.0},
 }
 
