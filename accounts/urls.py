@@ -1,3 +1,34 @@
-from django.urls import path  # noqa: F401
+"""Sign-up, log in/out, password change and the settings pages."""
 
-urlpatterns: list = []
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from django.views.generic import RedirectView
+
+from accounts import views
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="settings", permanent=False), name="home"),
+    path("signup/", views.SignupView.as_view(), name="signup"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("settings/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("settings/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("settings/", views.SettingsView.as_view(), name="settings"),
+    path("settings/workspaces/new/", views.WorkspaceCreateView.as_view(), name="workspace-create"),
+    path("settings/workspaces/<int:workspace_id>/", views.WorkspaceDetailView.as_view(), name="workspace-detail"),
+    path(
+        "settings/workspaces/<int:workspace_id>/switch/", views.WorkspaceSwitchView.as_view(), name="workspace-switch"
+    ),
+    path(
+        "settings/workspaces/<int:workspace_id>/members/add/",
+        views.MemberAddView.as_view(),
+        name="workspace-member-add",
+    ),
+    path(
+        "settings/workspaces/<int:workspace_id>/members/<int:membership_id>/remove/",
+        views.MemberRemoveView.as_view(),
+        name="workspace-member-remove",
+    ),
+    path("settings/openrouter/", views.OpenRouterKeySaveView.as_view(), name="openrouter-key-save"),
+    path("settings/openrouter/remove/", views.OpenRouterKeyRemoveView.as_view(), name="openrouter-key-remove"),
+]

@@ -1,0 +1,82 @@
+"""Forms for sign-up, workspaces, members and the BYOK key, plus the admin's user forms."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import forms as auth_forms
+from django.contrib.auth import password_validation
+
+from accounts.models import Membership, User
+
+
+class SignupForm(forms.Form):
+    email = forms.EmailField(
+        max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+    )
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    password2 = forms.CharField(
+        label="Confirm password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email already exists. Log in instead.")
+        return email
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        password1, password2 = cleaned.get("password1"), cleaned.get("password2")
+        if password1 and password2 and password1 != password2:
+            self.add_error("password2", "The two passwords do not match.")
+        elif password1:
+            try:
+                password_validation.validate_password(password1, User(email=cleaned.get("email", "")))
+            except forms.ValidationError as error:
+                self.add_error("password1", error)
+        return cleaned
+
+
+class WorkspaceCreateForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Workspace name")
+
+
+class MemberAddForm(forms.Form):
+    email = forms.EmailField(label="Email of an existing user", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(
+        choices=[
+            (Membership.Role.MEMBER, "Member"),
+            (Membership.Role.ADMIN, "Admin"),
+            (Membership.Role.OWNER, "Owner"),
+        ],
+        initial=Membership.Role.MEMBER,
+    )
+
+
+class OpenRouterKeyForm(forms.Form):
+    key = forms.CharField(
+        label="OpenRouter API key",
+        max_length=500,
+        strip=True,
+        # render_value=False: the saved key is never sent back to the browser.
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
+    )
+
+
+class AdminUserCreationForm(auth_forms.AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email",)
+
+
+class AdminUserChangeForm(auth_forms.UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"

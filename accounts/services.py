@@ -1,0 +1,189 @@
+"""Every write on users, workspaces, memberships and BYOK keys, with the rules that guard them.
+
+Anything that changes what a user may do on /v1 bumps the access epoch after commit, so cached key
+grants are rebuilt on the next request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.access import bump_access_epoch
+from accounts.encryption import encrypt_secret
+from accounts.models import FREE_PLAN_SLUG, Membership, OpenRouterKey, Plan, User, Workspace
+
+
+class WorkspaceRuleError(Exception):
+    """A workspace action the rules forbid; the message is safe to show to the user."""
+
+
+class NotAllowed(WorkspaceRuleError):
+    pass
+
+
+class UserNotFound(WorkspaceRuleError):
+    pass
+
+
+class AlreadyMember(WorkspaceRuleError):
+    pass
+
+
+class LastOwner(WorkspaceRuleError):
+    pass
+
+
+class EmailTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SeededUser:
+    user: User
+    created: bool
+    password: str | None  # set only when this call set the password
+
+
+def _bump_after_commit() -> None:
+    transaction.on_commit(bump_access_epoch)
+
+
+def sign_up(*, email: str, password: str, name: str = "") -> User:
+    """Create a user with their personal workspace on the free plan (see UserManager)."""
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(email, password, name=name.strip())
+    except IntegrityError as exc:
+        # The form checks first; the unique constraint settles the race between two sign-ups.
+        raise EmailTaken(f"An account with {email} already exists.") from exc
+
+
+def seed_demo_user(*, email: str, plan_slug: str, known_password: str | None) -> SeededUser:
+    """Idempotent. With `known_password` the password is (re)set to it; otherwise a new user gets a
+    random one, returned once, and an existing user keeps theirs."""
+    plan = Plan.objects.get(slug=plan_slug)
+    with transaction.atomic():
+        user = User.objects.filter(email__iexact=email).first()
+        created = user is None
+        password = known_password
+        if user is None:
+            password = known_password or secrets.token_urlsafe(12)
+            user = User.objects.create_user(email, password, name="Demo user")
+        elif known_password is not None:
+            user.set_password(known_password)
+            user.save(update_fields=["password"])
+        if user.current_workspace is None:
+            Workspace.objects.create_personal(owner=user)
+        workspace = user.current_workspace
+        if workspace.plan_id != plan.pk:
+            workspace.plan = plan
+            workspace.save(update_fields=["plan"])
+        _bump_after_commit()
+    return SeededUser(user=user, created=created, password=password)
+
+
+def create_workspace(*, user: User, name: str) -> Workspace:
+    """A new workspace on the free plan owned by `user`; their current workspace does not change."""
+    with transaction.atomic():
+        workspace = Workspace.objects.create(name=name.strip(), plan=Plan.objects.get(slug=FREE_PLAN_SLUG))
+        Membership.objects.create(user=user, workspace=workspace, role=Membership.Role.OWNER)
+        _bump_after_commit()
+    return workspace
+
+
+def switch_current_workspace(*, user: User, workspace_id: int) -> Workspace:
+    membership = Membership.objects.select_related("workspace").filter(user=user, workspace_id=workspace_id).first()
+    if membership is None:
+        raise NotAllowed("You are not a member of that workspace.")
+    with transaction.atomic():
+        user.current_workspace = membership.workspace
+        user.save(update_fields=["current_workspace"])
+        _bump_after_commit()
+    return membership.workspace
+
+
+def ensure_can_manage_members(*, actor: User, workspace: Workspace) -> Membership:
+    membership = Membership.objects.filter(user=actor, workspace=workspace).first()
+    if membership is None or not membership.can_manage_members:
+        raise NotAllowed("Only owners and admins can manage the members of this workspace.")
+    return membership
+
+
+def add_member_by_email(
+    *, actor: User, workspace: Workspace, email: str, role: str = Membership.Role.MEMBER
+) -> Membership:
+    """Add an existing user. Admins may add members and admins; only owners may add owners."""
+    actor_membership = ensure_can_manage_members(actor=actor, workspace=workspace)
+    if role not in Membership.Role.values:
+        raise NotAllowed("Unknown role.")
+    if role == Membership.Role.OWNER and actor_membership.role != Membership.Role.OWNER:
+        raise NotAllowed("Only owners can add another owner.")
+    user = User.objects.filter(email__iexact=email.strip()).first()
+    if user is None:
+        # Only existing accounts: we send no invitations, and we say so rather than guess.
+        raise UserNotFound(f"No Writingmate account uses {email.strip()}. Ask them to sign up first.")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(user=user, workspace=workspace, role=role)
+            _bump_after_commit()
+    except IntegrityError as exc:
+        raise AlreadyMember(f"{user.email} is already a member of {workspace.name}.") from exc
+    return membership
+
+
+def remove_member(*, actor: User, membership: Membership) -> None:
+    """Owners remove anyone, admins remove admins and members; the last owner always stays.
+
+    The workspace's memberships are locked while counting owners, so two owners removing each
+    other at once cannot leave the workspace without one.
+    """
+    actor_membership = ensure_can_manage_members(actor=actor, workspace=membership.workspace)
+    if membership.role == Membership.Role.OWNER and actor_membership.role != Membership.Role.OWNER:
+        raise NotAllowed("Only owners can remove an owner.")
+    with transaction.atomic():
+        owners = list(
+            Membership.objects.select_for_update()
+            .filter(workspace_id=membership.workspace_id, role=Membership.Role.OWNER)
+            .values_list("pk", flat=True)
+        )
+        if membership.role == Membership.Role.OWNER and owners == [membership.pk]:
+            raise LastOwner("A workspace needs at least one owner; add another owner before removing this one.")
+        deleted, _ = Membership.objects.filter(pk=membership.pk).delete()
+        if deleted:
+            _move_off_workspace(user_id=membership.user_id, workspace_id=membership.workspace_id)
+        _bump_after_commit()
+
+
+def _move_off_workspace(*, user_id: int, workspace_id: int) -> None:
+    """A removed member whose current workspace it was falls back to their oldest remaining one."""
+    fallback = (
+        Membership.objects.filter(user_id=user_id).order_by("workspace_id").values_list("workspace_id", flat=True)
+    ).first()
+    User.objects.filter(pk=user_id, current_workspace_id=workspace_id).update(current_workspace_id=fallback)
+
+
+def set_openrouter_key(*, user: User, key: str) -> OpenRouterKey:
+    """Save or replace the user's OpenRouter key, encrypted; only its last four characters stay readable."""
+    key = key.strip()
+    if not key:
+        raise ValueError("An OpenRouter key is required.")
+    with transaction.atomic():
+        stored, _ = OpenRouterKey.objects.update_or_create(
+            user=user,
+            defaults={"encrypted_key": encrypt_secret(key), "last4": key[-4:], "updated_at": timezone.now()},
+        )
+        _bump_after_commit()
+    return stored
+
+
+def remove_openrouter_key(*, user: User) -> bool:
+    """Idempotent; True when a key was removed."""
+    with transaction.atomic():
+        deleted, _ = OpenRouterKey.objects.filter(user=user).delete()
+        if deleted:
+            _bump_after_commit()
+    return bool(deleted)

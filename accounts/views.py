@@ -1,0 +1,187 @@
+"""Site pages for accounts: sign-up, the settings page, workspaces, members and the BYOK key.
+
+One view per action; each validates a form, calls one service and redirects (POST/redirect/GET).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views import View
+from django.views.generic import FormView, TemplateView
+
+from accounts import selectors, services
+from accounts.forms import MemberAddForm, OpenRouterKeyForm, SignupForm, WorkspaceCreateForm
+from accounts.models import Membership, User
+
+
+def _settings_context(user: User, **forms: Any) -> dict[str, Any]:
+    return {
+        "memberships": selectors.memberships_of(user=user),
+        "openrouter_key": selectors.find_openrouter_key(user=user),
+        "workspace_form": forms.get("workspace_form") or WorkspaceCreateForm(),
+        "openrouter_form": forms.get("openrouter_form") or OpenRouterKeyForm(),
+    }
+
+
+class SignupView(FormView):
+    template_name = "registration/signup.html"
+    form_class = SignupForm
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.user.is_authenticated:
+            return redirect("settings")
+        return super().dispatch(request, *args, **kwargs)
+
+    def form_valid(self, form: SignupForm) -> HttpResponse:
+        try:
+            user = services.sign_up(email=form.cleaned_data["email"], password=form.cleaned_data["password1"])
+        except services.EmailTaken:
+            form.add_error("email", "An account with this email already exists. Log in instead.")
+            return self.form_invalid(form)
+        # Whichever backend is configured first (sign-in throttling wraps ModelBackend).
+        login(self.request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
+        messages.success(self.request, "Welcome to Writingmate. Create a developer key to use the API.")
+        return redirect("settings")
+
+
+class SettingsView(LoginRequiredMixin, TemplateView):
+    template_name = "accounts/settings.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_context_data(**kwargs) | _settings_context(self.request.user)
+
+
+class WorkspaceCreateView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = WorkspaceCreateForm(request.POST)
+        if not form.is_valid():
+            context = _settings_context(request.user, workspace_form=form)
+            return render(request, "accounts/settings.html", context, status=400)
+        workspace = services.create_workspace(user=request.user, name=form.cleaned_data["name"])
+        messages.success(request, f"Created the workspace “{workspace.name}”.")
+        return redirect("workspace-detail", workspace_id=workspace.pk)
+
+
+class WorkspaceSwitchView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        try:
+            workspace = services.switch_current_workspace(user=request.user, workspace_id=workspace_id)
+        except services.NotAllowed as error:
+            raise Http404(str(error)) from error
+        messages.success(request, f"“{workspace.name}” is now your current workspace; the API uses it by default.")
+        return _back_to(request, fallback=reverse("settings"))
+
+
+class WorkspaceMembershipMixin(LoginRequiredMixin):
+    """Resolves `workspace_id` to the requesting user's membership; 404 for a workspace they are not in."""
+
+    def membership(self, request: HttpRequest, workspace_id: int) -> Membership:
+        membership = selectors.find_membership(user=request.user, workspace_id=workspace_id)
+        if membership is None:
+            raise Http404("No such workspace.")
+        return membership
+
+
+class WorkspaceDetailView(WorkspaceMembershipMixin, View):
+    template_name = "accounts/workspace_detail.html"
+
+    def get(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        return render(request, self.template_name, _workspace_context(self.membership(request, workspace_id)))
+
+
+def _workspace_context(membership: Membership, **extra: Any) -> dict[str, Any]:
+    return {
+        "membership": membership,
+        "workspace": membership.workspace,
+        "members": selectors.members_of(workspace_id=membership.workspace_id),
+        "member_form": extra.get("member_form") or MemberAddForm(),
+    }
+
+
+class MemberAddView(WorkspaceMembershipMixin, View):
+    def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        membership = self.membership(request, workspace_id)
+        form = MemberAddForm(request.POST)
+        if not form.is_valid():
+            context = _workspace_context(membership, member_form=form)
+            return render(request, WorkspaceDetailView.template_name, context, status=400)
+        try:
+            added = services.add_member_by_email(
+                actor=request.user,
+                workspace=membership.workspace,
+                email=form.cleaned_data["email"],
+                role=form.cleaned_data["role"],
+            )
+        except services.WorkspaceRuleError as error:
+            form.add_error("email", str(error))
+            context = _workspace_context(membership, member_form=form)
+            status = 403 if isinstance(error, services.NotAllowed) else 400
+            return render(request, WorkspaceDetailView.template_name, context, status=status)
+        messages.success(request, f"Added {added.user.email} as {added.get_role_display().lower()}.")
+        return redirect("workspace-detail", workspace_id=workspace_id)
+
+
+class MemberRemoveView(WorkspaceMembershipMixin, View):
+    """GET asks for confirmation; POST removes."""
+
+    template_name = "accounts/member_remove_confirm.html"
+
+    def target(self, workspace_id: int, membership_id: int) -> Membership:
+        target = selectors.members_of(workspace_id=workspace_id).filter(pk=membership_id).first()
+        if target is None:
+            raise Http404("No such member.")
+        return target
+
+    def get(self, request: HttpRequest, workspace_id: int, membership_id: int) -> HttpResponse:
+        membership = self.membership(request, workspace_id)
+        context = {"workspace": membership.workspace, "target": self.target(workspace_id, membership_id)}
+        return render(request, self.template_name, context)
+
+    def post(self, request: HttpRequest, workspace_id: int, membership_id: int) -> HttpResponse:
+        self.membership(request, workspace_id)
+        target = self.target(workspace_id, membership_id)
+        try:
+            services.remove_member(actor=request.user, membership=target)
+        except services.WorkspaceRuleError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"Removed {target.user.email} from {target.workspace.name}.")
+        if target.user_id == request.user.pk and not selectors.find_membership(
+            user=request.user, workspace_id=workspace_id
+        ):
+            return redirect("settings")
+        return redirect("workspace-detail", workspace_id=workspace_id)
+
+
+class OpenRouterKeySaveView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = OpenRouterKeyForm(request.POST)
+        if not form.is_valid():
+            context = _settings_context(request.user, openrouter_form=form)
+            return render(request, "accounts/settings.html", context, status=400)
+        stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
+        messages.success(request, f"Saved your OpenRouter key ending in {stored.last4}.")
+        return redirect(reverse("settings") + "#openrouter")
+
+
+class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        if services.remove_openrouter_key(user=request.user):
+            messages.success(request, "Removed your OpenRouter key. Requests now use Writingmate's own.")
+        return redirect(reverse("settings") + "#openrouter")
+
+
+def _back_to(request: HttpRequest, *, fallback: str) -> HttpResponseRedirect:
+    """Redirect to the `next` field when it is one of our own paths (never an open redirect)."""
+    target = request.POST.get("next", "")
+    if target.startswith("/") and not target.startswith("//"):
+        return HttpResponseRedirect(target)
+    return HttpResponseRedirect(fallback)
