@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from accounts.models import Workspace
+
 
 class UsageEvent(models.Model):
     """One immutable ledger line: a request that reached the upstream, or a later settlement of it."""
@@ -25,7 +27,9 @@ class UsageEvent(models.Model):
     workspace = models.ForeignKey(
         "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     key = models.ForeignKey(
         "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
@@ -59,8 +63,12 @@ class UsageEvent(models.Model):
 class DailyMessageCount(models.Model):
     """Per workspace × user × billing day, recomputed from the ledger by the roll-up."""
 
-    workspace = models.ForeignKey("accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     day = models.DateField()
     count = models.IntegerField(default=0, help_text="Messages counted against the plan (BYOK excluded).")
     byok_count = models.IntegerField(default=0, help_text="Messages of BYOK requests, recorded but not limited.")
@@ -77,3 +85,60 @@ class DailyMessageCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} workspace {self.workspace_id} user {self.user_id}: {self.count}"
+
+
+class QuotaReservation(models.Model):
+    """One in-flight message held by a request while Redis is unavailable (the database quota path).
+
+    Deleted when the request's ledger line is written (same transaction); rows past `expires_at`
+    belong to a process that died and no longer count.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    workspace_id = models.BigIntegerField()
+    user_id = models.BigIntegerField()
+    day = models.DateField()
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace_id", "day"])]
+
+    def __str__(self) -> str:
+        return f"reservation {self.request_id} (workspace {self.workspace_id}, {self.day})"
+
+
+class IdempotentRequest(models.Model):
+    """A request made with an Idempotency-Key (Stripe's semantics, scoped to the developer key)."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+
+    key = models.ForeignKey("apikeys.DeveloperKey", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    idempotency_key = models.CharField(max_length=255)
+    body_sha256 = models.CharField(max_length=64)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.BinaryField(default=b"", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "idempotency_key"], name="one_idempotent_request_per_key")
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.idempotency_key} ({self.state})"
+
+
+class WorkspaceUsage(Workspace):
+    """Workspaces as the billing admin shows them: today's usage against their limits."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "workspace usage"
+        verbose_name_plural = "workspace usage"

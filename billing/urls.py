@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from billing import views
+
+urlpatterns = [
+    path("settings/usage/", views.UsageDetailView.as_view(), name="usage"),
+]

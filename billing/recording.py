@@ -1,0 +1,151 @@
+"""Recording a finished /v1 request from async code: group-committed ledger lines, then settled quotas.
+
+Every request that finishes while a batch is being written joins the next batch, so under load many
+requests share one INSERT and one hop to a database thread, and each caller still waits until its
+own line is durable. Nothing here raises to the gateway: failures are retried and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing.models import UsageEvent
+from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
+from billing.services import LedgerEntry, UsageRecord, count_for, spool_ledger_entries, write_ledger_entries
+from writingmate.db import run_db
+
+__all__ = ["UsageRecord", "count_for", "finish_request"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_BATCH = 500
+_FIRST_RETRY_SECONDS = 0.05
+_MAX_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class _Pending:
+    reservation: Reservation
+    entry: LedgerEntry
+    done: asyncio.Future
+
+
+class _GroupCommitter:
+    """One per event loop: a queue of finished requests and at most one task writing them."""
+
+    def __init__(self) -> None:
+        self.queue: list[_Pending] = []
+        self.writer: asyncio.Task | None = None
+
+    def submit(self, pending: _Pending) -> None:
+        self.queue.append(pending)
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch = self.queue[:_MAX_BATCH]
+                del self.queue[:_MAX_BATCH]
+                await self._commit(batch)
+        finally:
+            self.writer = None
+            if self.queue:
+                self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        entries = [p.entry for p in batch]
+        released = [p.reservation.request_id for p in batch if p.reservation.backend == BACKEND_DATABASE]
+        try:
+            if await _write_with_retries(entries, released):
+                await settle_counters([_counter_settle(p) for p in batch])
+        except Exception:
+            logger.exception("ledger: unexpected failure committing %d usage events", len(batch))
+            for entry in entries:
+                logger.critical("ledger: possibly UNRECORDED usage event %s", entry.to_json())
+        finally:
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(pending.entry.counted_messages)
+
+
+async def _write_with_retries(entries: list[LedgerEntry], released: list[str]) -> bool:
+    """Retry with backoff while the database is unreachable; past the deadline, spool to Redis or log it all."""
+    deadline = time.monotonic() + settings.BILLING_LEDGER_RETRY_SECONDS
+    delay = _FIRST_RETRY_SECONDS
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await run_db(write_ledger_entries, entries=entries, release_request_ids=released)
+            if attempt > 1:
+                logger.warning("ledger: wrote %d usage events after %d attempts", len(entries), attempt)
+            return True
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                break
+            logger.error(
+                "ledger: could not write %d usage events (attempt %d); retrying in %.2fs",
+                len(entries),
+                attempt,
+                delay,
+                exc_info=attempt == 1,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_SECONDS)
+    if await run_db(spool_ledger_entries, entries=entries):
+        logger.critical("ledger: database unreachable; %d usage events spooled to Redis for replay", len(entries))
+    else:
+        for entry in entries:
+            # The last resort: the line itself, in the log, for an operator to replay.
+            logger.critical("ledger: UNRECORDED usage event %s", entry.to_json())
+    return False
+
+
+def _counter_settle(pending: _Pending) -> CounterSettle:
+    reservation, usage = pending.reservation, pending.entry.usage
+    return CounterSettle(
+        request_id=usage.request_id,
+        ledger_field=f"{UsageEvent.Kind.REQUEST}:{usage.request_id}",
+        # BYOK lines are in the ledger but never in the plan's counters; a stray hold is just released.
+        messages=0 if usage.byok else pending.entry.counted_messages,
+        counters=() if reservation.byok and usage.byok else reservation.counters,
+    )
+
+
+_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommitter] = weakref.WeakKeyDictionary()
+
+
+def _committer() -> _GroupCommitter:
+    loop = asyncio.get_running_loop()
+    committer = _committers.get(loop)
+    if committer is None:
+        committer = _committers[loop] = _GroupCommitter()
+    return committer
+
+
+async def finish_request(*, reservation: Reservation, usage: UsageRecord) -> int:
+    """Make the request's ledger line durable, settle its reservation, and return its counted messages.
+
+    Never raises. Idempotent per request id (the ledger ignores a second line, counters a second settle).
+    """
+    try:
+        messages = count_for(usage)
+    except Exception:
+        logger.exception("billing: could not count %s; recording it with 1 message", usage.request_id)
+        messages = 1
+    try:
+        entry = LedgerEntry(usage=usage, day=reservation.day, counted_messages=messages, created_at=timezone.now())
+        pending = _Pending(reservation=reservation, entry=entry, done=asyncio.get_running_loop().create_future())
+        _committer().submit(pending)
+        return await asyncio.shield(pending.done)
+    except Exception:
+        logger.exception("billing: finishing %s failed: %r", usage.request_id, usage)
+        return messages
