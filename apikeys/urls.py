@@ -1,3 +1,11 @@
-from django.urls import path  # noqa: F401
+"""The API Keys settings page."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from apikeys import views
+
+urlpatterns = [
+    path("settings/api-keys/", views.ApiKeyListView.as_view(), name="apikey-list"),
+    path("settings/api-keys/new/", views.ApiKeyCreateView.as_view(), name="apikey-create"),
+    path("settings/api-keys/<int:key_id>/revoke/", views.ApiKeyRevokeView.as_view(), name="apikey-revoke"),
+]
