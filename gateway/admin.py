@@ -1,0 +1,29 @@
+"""Staff admin for the model catalogue. Edits reach every API process within the catalogue's reload interval."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from gateway.models import CatalogueModel
+
+
+@admin.register(CatalogueModel)
+class CatalogueModelAdmin(admin.ModelAdmin):
+    list_display = ["slug", "display_name", "provider", "kind", "tier", "context_length", "enabled", "updated_at"]
+    list_filter = ["enabled", "provider", "kind", "tier", "allow_routing_params"]
+    search_fields = ["slug", "display_name", "upstream_model"]
+    list_editable = ["enabled"]
+    readonly_fields = ["updated_at"]
+    actions = ["enable_selected", "disable_selected"]
+
+    @admin.action(description="Enable selected models", permissions=["change"])
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet[CatalogueModel]) -> None:
+        count = queryset.update(enabled=True)
+        self.message_user(request, f"Enabled {count} model(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable selected models", permissions=["change"])
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet[CatalogueModel]) -> None:
+        count = queryset.update(enabled=False)
+        self.message_user(request, f"Disabled {count} model(s).", messages.SUCCESS)
