@@ -1,9 +1,15 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
+from gateway.metrics import metrics_view
 from gateway.urls import api_patterns
+from writingmate import health
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path(settings.METRICS_PATH.lstrip("/"), metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/openai/v1/", include((api_patterns, "api"), namespace="api")),
     path("v1/", include((api_patterns, "api"), namespace="api-alias")),

@@ -1,0 +1,133 @@
+"""Structured logs: a JSON formatter, the request id every line carries, and secret redaction.
+
+`bind_request_id` sets the id for the current task (gateway.asgi does it once per /v1 request);
+`RequestIdFilter` copies it onto each record and `RedactSecretsFilter` masks keys in the final text.
+Prompts are never logged unless settings.LOG_PROMPTS is on: pass them through `loggable_prompt`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+
+from django.conf import settings
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def bind_request_id(value: str | None) -> Token:
+    """Tag every log line of the current task (and the tasks it starts) with `value`."""
+    return request_id.set(value)
+
+
+def unbind_request_id(token: Token) -> None:
+    request_id.reset(token)
+
+
+# Developer keys (apikeys.keys: `wmk_` + 49 base62), OpenRouter keys (`sk-or-v1-` + hex), other
+# `sk-...` keys and any bearer credential. Lengths are lower bounds so that a longer look-alike is
+# masked too; `wmk_abc` in prose is left alone.
+_SECRET_PATTERN = re.compile(
+    r"(?P<wmk>wmk_[0-9A-Za-z]{20,})"
+    r"|(?P<sk>sk-(?:or-v\d+-|proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{16,})"
+    r"|(?P<bearer>(?i:bearer)\s+(?!wmk_|sk-)[A-Za-z0-9._~+/=\-]{16,})"
+)
+_SECRET_MARKERS = ("wmk_", "sk-", "earer")
+
+
+def _mask(match: re.Match[str]) -> str:
+    secret = match.group(0)
+    if match.lastgroup == "wmk":
+        # The visible prefix and last four are what Settings → API Keys already shows.
+        return f"{secret[:10]}…{secret[-4:]}"
+    if match.lastgroup == "sk":
+        prefix = "sk-or-" if secret.startswith("sk-or-") else "sk-"
+        return f"{prefix}…{secret[-4:]}"
+    return f"{secret.split()[0]} [redacted]"
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every developer, OpenRouter, `sk-` or bearer key masked to a prefix and last four."""
+    if not any(marker in text for marker in _SECRET_MARKERS):
+        return text
+    return _SECRET_PATTERN.sub(_mask, text)
+
+
+def loggable_prompt(prompt: object) -> object:
+    """The prompt itself when settings.LOG_PROMPTS is on (the only way one may be logged), else a stub."""
+    if getattr(settings, "LOG_PROMPTS", False):
+        return prompt
+    return "[prompt not logged: LOG_PROMPTS is off]"
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `record.request_id` (None outside a request) for both formatters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Masks keys in the message, its arguments, the traceback and the extra fields.
+
+    Attach it to handlers, not loggers: a logger's filters do not see records propagated from its children.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_secrets(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+            # The traceback now lives in exc_text only, so no formatter can print the raw one.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        for name in _extra_names(record):
+            value = record.__dict__[name]
+            if isinstance(value, str):
+                record.__dict__[name] = redact_secrets(value)
+            elif value is not None and not isinstance(value, int | float | bool):
+                encoded = _to_json(value)
+                redacted = redact_secrets(encoded)
+                if redacted != encoded:
+                    record.__dict__[name] = json.loads(redacted)
+        return True
+
+
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "request_id"}
+
+
+def _extra_names(record: logging.LogRecord) -> list[str]:
+    return [name for name in record.__dict__ if name not in _RESERVED]
+
+
+def _to_json(value: object) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id, extra fields, exc_info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id.get(),
+        }
+        for name in _extra_names(record):
+            entry[name] = record.__dict__[name]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = record.stack_info
+        return _to_json(entry)
