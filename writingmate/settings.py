@@ -1,5 +1,6 @@
 """The one settings module: everything comes from the environment, with safe development defaults."""
 
+import re
 from pathlib import Path
 
 import environ
@@ -18,6 +19,8 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = _DEV_SECRET_KEY
+if not DEBUG and SECRET_KEY == _DEV_SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must not be the development key when DEBUG is off.")
 
 # Keyed hash for developer keys and the key that encrypts BYOK secrets. Each defaults to a value
 # derived from SECRET_KEY so a development checkout works; production sets its own.
@@ -49,6 +52,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.login_throttling.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -89,6 +93,12 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_USER_MODEL = "accounts.User"
+# Sign-in brute-force throttling (accounts.login_throttling), counted in the cache.
+AUTHENTICATION_BACKENDS = ["accounts.login_throttling.ThrottledModelBackend"]
+LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
+LOGIN_THROTTLE_FAILURES_PER_ACCOUNT = env.int("LOGIN_THROTTLE_FAILURES_PER_ACCOUNT", default=5)
+LOGIN_THROTTLE_FAILURES_PER_ADDRESS = env.int("LOGIN_THROTTLE_FAILURES_PER_ADDRESS", default=30)
+LOGIN_THROTTLE_PATHS = env.list("LOGIN_THROTTLE_PATHS", default=["/login/", "/admin/login/"])
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -143,6 +153,11 @@ TRANSCRIPTION_BASE_URL = env.str("TRANSCRIPTION_BASE_URL", default="https://api.
 TRANSCRIPTION_API_KEY = env.str("TRANSCRIPTION_API_KEY", default="")
 # The demo provider serves demo/... models offline; it is on only while no upstream key is set.
 DEMO_PROVIDER_ENABLED = env.bool("DEMO_PROVIDER_ENABLED", default=not OPENROUTER_API_KEY)
+if not DEBUG and DEMO_PROVIDER_ENABLED:
+    raise ImproperlyConfigured(
+        "The demo provider must not run in production (DEBUG off): set OPENROUTER_API_KEY, "
+        "or DEMO_PROVIDER_ENABLED=0 if every model is served otherwise."
+    )
 DEMO_STREAM_DELAY_SECONDS = env.float("DEMO_STREAM_DELAY_SECONDS", default=0.02)
 
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = env.float("UPSTREAM_CONNECT_TIMEOUT_SECONDS", default=5.0)
@@ -157,6 +172,8 @@ API_MAX_AUDIO_BYTES = env.int("API_MAX_AUDIO_BYTES", default=25 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_AUDIO_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=60)
+# An address that presents more invalid keys than this in a minute gets 429s until the minute ends.
+API_INVALID_KEY_LIMIT_PER_MINUTE = env.int("API_INVALID_KEY_LIMIT_PER_MINUTE", default=30)
 
 # --- Billing ------------------------------------------------------------------------------------
 BILLING_TOKENS_PER_MESSAGE = env.int("BILLING_TOKENS_PER_MESSAGE", default=16000)
@@ -188,9 +205,38 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# json: one object per line (writingmate.logs.JsonFormatter); text: for a developer's terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'text', not {LOG_FORMAT!r}.")
+# The only switch that lets a prompt reach the logs (through writingmate.logs.loggable_prompt).
+LOG_PROMPTS = env.bool("LOG_PROMPTS", default=False)
+_LOG_HANDLER = {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "request_id": {"()": "writingmate.logs.RequestIdFilter"},
+        "redact": {"()": "writingmate.logs.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "json": {"()": "writingmate.logs.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
+    },
+    # uvicorn sets up its own loggers before Django starts; taking them over keeps one format and redaction.
+    "loggers": {name: _LOG_HANDLER for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery")},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+
+# --- Operations ---------------------------------------------------------------------------------
+READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=1.0)
+# Prometheus exposition (gateway.metrics): 404 unless METRICS_TOKEN is set, then bearer auth.
+METRICS_PATH = env.str("METRICS_PATH", default="/metrics")
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if not METRICS_PATH.startswith("/") or METRICS_PATH.startswith(("/v1", "/api/openai/v1")):
+    raise ImproperlyConfigured("METRICS_PATH must start with / and lie outside the /v1 API.")
+# Probes and scrapes come over plain HTTP from inside the network; an HTTPS redirect would fail them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", "^" + re.escape(METRICS_PATH.lstrip("/")) + "$"]

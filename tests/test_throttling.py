@@ -1,0 +1,190 @@
+"""Throttling: invalid API keys per client address on /v1, and failed sign-ins on the site and admin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.cache import cache
+from django.http import HttpResponse
+from django.test import RequestFactory, override_settings
+
+from accounts.login_throttling import LoginThrottleMiddleware
+from accounts.models import User
+from apikeys import throttling
+from apikeys.throttling import TooManyInvalidKeys, ensure_address_allowed, note_invalid_key
+
+LIMIT = 5
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tables(settings):
+    settings.API_INVALID_KEY_LIMIT_PER_MINUTE = LIMIT
+    throttling.forget_blocked_addresses()
+    cache.clear()
+    yield
+    throttling.forget_blocked_addresses()
+    cache.clear()
+
+
+async def fail(address: str, times: int) -> None:
+    for _ in range(times):
+        await note_invalid_key(address)
+
+
+def allowed(address: str) -> bool:
+    try:
+        asyncio.run(ensure_address_allowed(address))
+    except TooManyInvalidKeys:
+        return False
+    return True
+
+
+def exercise_blocking() -> None:
+    asyncio.run(fail("203.0.113.7", LIMIT))
+    assert allowed("203.0.113.7")  # at the limit, not past it
+
+    asyncio.run(fail("203.0.113.7", 1))
+
+    assert not allowed("203.0.113.7")
+    assert allowed("203.0.113.8")
+    with pytest.raises(TooManyInvalidKeys) as blocked:
+        asyncio.run(ensure_address_allowed("203.0.113.7"))
+    assert 0 < blocked.value.wait <= throttling.WINDOW_SECONDS
+    assert blocked.value.status_code == 429
+    assert blocked.value.get_codes() == "too_many_invalid_keys"
+
+
+@override_settings(REDIS_URL="")
+def test_an_address_past_the_limit_is_blocked_in_process_without_redis():
+    exercise_blocking()
+
+
+@pytest.mark.redis
+def test_an_address_past_the_limit_is_blocked_and_every_process_learns_it_from_redis():
+    exercise_blocking()
+
+    # Another process has no local block yet; the shared counter blocks it on its first failure there.
+    throttling.forget_blocked_addresses()
+    assert allowed("203.0.113.7")
+    asyncio.run(fail("203.0.113.7", 1))
+    assert not allowed("203.0.113.7")
+
+
+@override_settings(REDIS_URL="redis://127.0.0.1:9/13")
+def test_a_redis_outage_falls_back_to_counting_in_process():
+    exercise_blocking()
+
+
+@override_settings(REDIS_URL="")
+def test_ipv6_addresses_count_per_64_block():
+    asyncio.run(fail("2001:db8:1:2::1", LIMIT))
+    asyncio.run(fail("2001:db8:1:2:ffff::9", 1))
+
+    assert not allowed("2001:db8:1:2::abcd")
+    assert allowed("2001:db8:1:3::1")
+
+
+@override_settings(REDIS_URL="")
+def test_the_block_ends_with_the_window(monkeypatch):
+    asyncio.run(fail("198.51.100.1", LIMIT + 1))
+    assert not allowed("198.51.100.1")
+
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(throttling.time, "monotonic", lambda: real_monotonic() + throttling.WINDOW_SECONDS + 1)
+
+    assert allowed("198.51.100.1")
+
+
+def test_the_check_for_a_valid_key_does_no_io_and_costs_microseconds(monkeypatch):
+    asyncio.run(fail("198.51.100.2", LIMIT + 1))  # some other address is blocked: the table is not empty
+
+    def no_redis_on_the_success_path():
+        raise AssertionError("ensure_address_allowed must not touch Redis")
+
+    monkeypatch.setattr(throttling, "async_redis", no_redis_on_the_success_path)
+
+    async def many_checks() -> float:
+        started = time.perf_counter()
+        for _ in range(10_000):
+            await ensure_address_allowed("192.0.2.44")
+        return (time.perf_counter() - started) / 10_000
+
+    assert asyncio.run(many_checks()) < 20e-6
+
+
+# --- sign-in throttling ----------------------------------------------------------------------------
+
+PASSWORD = "a-long-password-1"
+
+
+@pytest.fixture
+def staff(db) -> User:
+    return User.objects.create_superuser("admin@example.com", PASSWORD)
+
+
+def sign_in(address: str, password: str):
+    request = RequestFactory().post("/login/", REMOTE_ADDR=address)
+    return authenticate(request, username="admin@example.com", password=password)
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=3, LOGIN_THROTTLE_FAILURES_PER_ADDRESS=10)
+def test_repeated_wrong_passwords_lock_that_address_out_of_that_account_only(staff):
+    for _ in range(3):
+        assert sign_in("203.0.113.10", "wrong") is None
+
+    assert sign_in("203.0.113.10", PASSWORD) is None  # even the right password, until the window ends
+    assert sign_in("203.0.113.11", PASSWORD) == staff  # the owner elsewhere is not locked out
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=100, LOGIN_THROTTLE_FAILURES_PER_ADDRESS=4)
+def test_one_address_spraying_many_accounts_is_locked_out(staff):
+    for n in range(4):
+        request = RequestFactory().post("/login/", REMOTE_ADDR="203.0.113.20")
+        assert authenticate(request, username=f"user{n}@example.com", password="guess") is None
+
+    assert sign_in("203.0.113.20", PASSWORD) is None
+    assert sign_in("203.0.113.21", PASSWORD) == staff
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=3)
+def test_the_admin_login_answers_429_once_throttled(client, staff):
+    for _ in range(3):
+        response = client.post(
+            "/admin/login/?next=/admin/",
+            {"username": "admin@example.com", "password": "wrong"},
+            REMOTE_ADDR="203.0.113.30",
+        )
+        assert response.status_code == 200  # the form again, with its error
+
+    throttled = client.post(
+        "/admin/login/?next=/admin/",
+        {"username": "admin@example.com", "password": PASSWORD},
+        REMOTE_ADDR="203.0.113.30",
+    )
+    other_address = client.post(
+        "/admin/login/?next=/admin/",
+        {"username": "admin@example.com", "password": PASSWORD},
+        REMOTE_ADDR="203.0.113.31",
+    )
+
+    assert throttled.status_code == 429
+    assert 0 < int(throttled["Retry-After"]) <= 15 * 60
+    assert other_address.status_code == 302
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=1)
+def test_the_middleware_only_looks_at_posts_to_login_pages(staff):
+    sign_in("203.0.113.40", "wrong")
+    middleware = LoginThrottleMiddleware(lambda request: HttpResponse("view"))
+    factory = RequestFactory()
+
+    login_post = factory.post("/login/", {"username": "admin@example.com"}, REMOTE_ADDR="203.0.113.40")
+    login_get = factory.get("/login/", REMOTE_ADDR="203.0.113.40")
+    other_post = factory.post("/settings/", {"username": "admin@example.com"}, REMOTE_ADDR="203.0.113.40")
+
+    assert middleware(login_post).status_code == 429
+    assert middleware(login_get).status_code == 200
+    assert middleware(other_post).status_code == 200
