@@ -82,8 +82,8 @@ def load_user_access(*, user_id: int) -> UserAccess | None:
         queryset=AppSumoLicence.objects.filter(deactivated_at__isnull=True).select_related("tier"),
         to_attr="active_licences",
     )
-    memberships = Membership.objects.filter(user_id=user_id).select_related("workspace__plan").prefetch_related(
-        active_licences
+    memberships = (
+        Membership.objects.filter(user_id=user_id).select_related("workspace__plan").prefetch_related(active_licences)
     )
     workspaces = {}
     for membership in memberships:

@@ -206,7 +206,9 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         presented = _presented_key(header)
         grant = _check_not_expired(find_key_grant(key_hash=keys.hash_key(presented)), presented)
-        caller = ApiCaller(grant=grant, workspace=select_workspace(grant, request.headers.get("x-writingmate-workspace")))
+        caller = ApiCaller(
+            grant=grant, workspace=select_workspace(grant, request.headers.get("x-writingmate-workspace"))
+        )
         return User.objects.get(pk=grant.user_id), caller
 
     def authenticate_header(self, request: Request) -> str:

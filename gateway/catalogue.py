@@ -80,7 +80,9 @@ async def models_for(workspace: WorkspaceAccess) -> list[CatalogueEntry]:
 async def ensure_model_allowed(*, slug: object, workspace: WorkspaceAccess, kind: str) -> CatalogueEntry:
     """The catalogue entry for `slug`, or the 404 / 403 that OpenAI clients expect."""
     if not isinstance(slug, str) or not slug:
-        raise errors.invalid_request("you must provide a model parameter", param="model", code="missing_required_parameter")
+        raise errors.invalid_request(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
     entry = (await enabled_models()).get(slug)
     if entry is None or entry.kind != kind:
         raise errors.model_not_found(slug)

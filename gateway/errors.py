@@ -66,9 +66,7 @@ def from_drf_exception(exc: drf_exceptions.APIException) -> ApiError:
 
 
 def error_response(error: ApiError, *, extra_headers: dict[str, str] | None = None) -> HttpResponse:
-    response = HttpResponse(
-        json.dumps(error.body()), status=error.status, content_type="application/json"
-    )
+    response = HttpResponse(json.dumps(error.body()), status=error.status, content_type="application/json")
     for name, value in {**error.headers, **(extra_headers or {})}.items():
         response[name] = value
     if error.status == 401:

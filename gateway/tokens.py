@@ -22,11 +22,15 @@ _O200K_PATTERN = "|".join(
         r"""\s+""",
     ]
 )
-_CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
+_CL100K_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 _SPECIAL = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
-_CL100K_SPECIAL = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276}
+_CL100K_SPECIAL = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
 
 # Chat formatting overhead per message and per reply, as in OpenAI's token-counting cookbook.
 TOKENS_PER_MESSAGE = 3
@@ -36,7 +40,9 @@ TOKENS_PER_REPLY = 3
 @functools.cache
 def encoding(name: str = "o200k_base") -> tiktoken.Encoding:
     if name == "o200k_base":
-        return tiktoken.Encoding(name=name, pat_str=_O200K_PATTERN, mergeable_ranks=load_ranks(name), special_tokens=_SPECIAL)
+        return tiktoken.Encoding(
+            name=name, pat_str=_O200K_PATTERN, mergeable_ranks=load_ranks(name), special_tokens=_SPECIAL
+        )
     if name == "cl100k_base":
         return tiktoken.Encoding(
             name=name, pat_str=_CL100K_PATTERN, mergeable_ranks=load_ranks(name), special_tokens=_CL100K_SPECIAL
@@ -66,7 +72,9 @@ def count_chat_prompt_tokens(messages: list, tools: list | None = None) -> int:
         total += TOKENS_PER_MESSAGE + count_text_tokens(_content_text(message.get("content")))
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {} if isinstance(call, dict) else {}
-            total += count_text_tokens(str(function.get("name", ""))) + count_text_tokens(str(function.get("arguments", "")))
+            total += count_text_tokens(str(function.get("name", ""))) + count_text_tokens(
+                str(function.get("arguments", ""))
+            )
     if tools:
         total += count_text_tokens(repr(tools))
     return total

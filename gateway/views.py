@@ -1,7 +1,159 @@
-"""Placeholder replaced below."""
-async def models_list(request, **kw): raise NotImplementedError
-async def models_retrieve(request, **kw): raise NotImplementedError
-async def chat_completions(request, **kw): raise NotImplementedError
-async def completions(request, **kw): raise NotImplementedError
-async def responses(request, **kw): raise NotImplementedError
-async def audio_transcriptions(request, **kw): raise NotImplementedError
+"""The /v1 endpoints: authenticate, parse, call one service, shape the response. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from django.core.exceptions import SuspiciousOperation
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http.multipartparser import MultiPartParserError
+from rest_framework.exceptions import APIException
+
+from apikeys.authentication import ApiCaller, authenticate_api_request
+from billing.quotas import current_budget
+from gateway import catalogue, responses_service, services, transcriptions
+from gateway.asgi import add_finalizer
+from gateway.errors import ApiError, error_response, from_drf_exception
+from gateway.streaming import sse_response
+from gateway.validation import parse_json_object
+
+logger = logging.getLogger(__name__)
+
+ApiView = Callable[..., Awaitable[HttpResponseBase]]
+
+
+def api_endpoint(*, method: str) -> Callable[[ApiView], ApiView]:
+    """Method check, bearer authentication and OpenAI-shaped errors around an async /v1 view."""
+
+    def decorate(view: ApiView) -> ApiView:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
+            if request.method != method:
+                error = ApiError(
+                    f"Method {request.method} is not allowed on {request.path}; use {method}.",
+                    status=405,
+                    code="method_not_allowed",
+                )
+                response = error_response(error)
+                response["Allow"] = method
+                return response
+            try:
+                caller = await authenticate_api_request(
+                    authorization=request.headers.get("Authorization"),
+                    workspace_header=request.headers.get("x-writingmate-workspace"),
+                )
+                return await view(request, caller, **kwargs)
+            except ApiError as exc:
+                return error_response(exc)
+            except APIException as exc:
+                return error_response(from_drf_exception(exc))
+
+        return wrapper
+
+    return decorate
+
+
+def _json(payload: object, *, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(json.dumps(payload), content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _model_object(entry: catalogue.CatalogueEntry) -> dict:
+    return {"id": entry.slug, "object": "model", "created": entry.created, "owned_by": entry.owned_by}
+
+
+@api_endpoint(method="GET")
+async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponse:
+    entries = await catalogue.models_for(caller.workspace)
+    budget = await current_budget(workspace=caller.workspace, user_id=caller.user_id)
+    return _json({"object": "list", "data": [_model_object(e) for e in entries]}, headers=budget.headers())
+
+
+@api_endpoint(method="GET")
+async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str) -> HttpResponse:
+    slug = unquote(model_id)
+    for entry in await catalogue.models_for(caller.workspace):
+        if entry.slug == slug:
+            return _json(_model_object(entry))
+    raise ApiError(f"The model '{slug}' does not exist", status=404, param="model", code="model_not_found")
+
+
+def _respond(request: HttpRequest, call: services.GatewayCall) -> HttpResponseBase:
+    add_finalizer(request, call.finish)
+    result = call.result
+    if isinstance(result, services.CompletionStream):
+        return sse_response(result.chunks, headers=result.headers)
+    response = HttpResponse(result.body, status=result.status, content_type="application/json")
+    for name, value in result.headers.items():
+        response[name] = value
+    return response
+
+
+@api_endpoint(method="POST")
+async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    body = parse_json_object(request.body, request.content_type)
+    call = await services.create_chat_completion(
+        caller=caller,
+        body=body,
+        request_id=request.request_id,
+        raw_body=request.body,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    return _respond(request, call)
+
+
+@api_endpoint(method="POST")
+async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    body = parse_json_object(request.body, request.content_type)
+    call = await services.create_completion(
+        caller=caller,
+        body=body,
+        request_id=request.request_id,
+        raw_body=request.body,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    return _respond(request, call)
+
+
+@api_endpoint(method="POST")
+async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    body = parse_json_object(request.body, request.content_type)
+    call = await responses_service.create_response(caller=caller, body=body, request_id=request.request_id)
+    return _respond(request, call)
+
+
+def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transcriptions.AudioUpload | None]:
+    try:
+        fields, files = request.POST, request.FILES
+    except (MultiPartParserError, SuspiciousOperation) as exc:
+        raise ApiError(f"The multipart body could not be parsed: {exc}", status=400, code="invalid_multipart") from None
+    uploaded = files.get("file")
+    upload = None
+    if uploaded is not None:
+        upload = transcriptions.AudioUpload(
+            filename=uploaded.name or "", content_type=uploaded.content_type or "", size=uploaded.size or 0, file=uploaded.file
+        )
+    return {name: fields.getlist(name) for name in fields}, upload
+
+
+@api_endpoint(method="POST")
+async def audio_transcriptions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    if request.content_type != "multipart/form-data":
+        raise ApiError(
+            f"Unsupported content type {request.content_type!r}: send multipart/form-data with the audio as 'file'.",
+            status=415,
+            code="unsupported_media_type",
+        )
+    # Django spools big files to disk while it parses; that file I/O stays off the event loop.
+    fields, upload = await asyncio.to_thread(_parse_multipart, request)
+    call = await transcriptions.create_transcription(
+        caller=caller, fields=fields, upload=upload, request_id=request.request_id
+    )
+    return _respond(request, call)

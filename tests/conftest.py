@@ -11,10 +11,18 @@ from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
+from django.test.utils import modify_settings
 
 from tests.fake_upstream import FakeUpstream
+from writingmate.celery import app as celery_app
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+# Tests run Celery tasks in-process even when REDIS_URL points the broker at Redis.
+celery_app.conf.task_always_eager = True
+celery_app.conf.task_eager_propagates = True
+# Hashing test passwords with PBKDF2 would cost a third of a second per user.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -39,10 +47,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     elif not _reachable(redis_url, 6379):
         redis_reason = f"Redis at {redis_url} is not reachable"
     for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and marker.kwargs.get("transaction") and "serialized_rollback" not in marker.kwargs:
+            # Transactional tests flush the database; this brings the migrations' seed data back.
+            item.add_marker(pytest.mark.django_db(**marker.kwargs, serialized_rollback=True))
         for marker, reason in (("postgres", postgres_reason), ("redis", redis_reason)):
             if reason and item.get_closest_marker(marker):
                 if REQUIRE_SERVICES:
-                    item.add_marker(pytest.mark.xfail(reason=f"REQUIRE_SERVICES=1 but {reason}", run=False, strict=True))
+                    item.add_marker(
+                        pytest.mark.xfail(reason=f"REQUIRE_SERVICES=1 but {reason}", run=False, strict=True)
+                    )
                 else:
                     item.add_marker(pytest.mark.skip(reason=reason))
 
@@ -56,6 +70,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             problems.append("Redis is not reachable at REDIS_URL")
         if problems:
             raise pytest.UsageError("REQUIRE_SERVICES=1: " + "; ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def django_db_serialized_rollback() -> None:
+    """Transactional tests get the migrations' seed data (plans, catalogue) back after each flush."""
 
 
 @pytest.fixture(autouse=True)
@@ -74,15 +93,17 @@ def _free_port() -> int:
 
 class LiveServer:
     def __init__(self, port: int) -> None:
+        # pytest-django's autouse live-server helper enables and disables this around each test.
+        self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": "127.0.0.1"})
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.api_base = f"{self.url}/api/openai/v1"
         self.v1_base = f"{self.url}/v1"
 
 
-@pytest.fixture
-def live_server(transactional_db: None) -> Iterator[LiveServer]:
-    """The real ASGI app under uvicorn, in a thread of this process, on a free loopback port."""
+@pytest.fixture(scope="session")
+def _uvicorn_server(django_db_setup: None, django_db_blocker) -> Iterator[LiveServer]:
+    """One uvicorn serving the real ASGI app in a thread of this process, for the whole session."""
     import uvicorn
 
     from writingmate.asgi import application
@@ -101,18 +122,23 @@ def live_server(transactional_db: None) -> Iterator[LiveServer]:
     yield LiveServer(port)
     server.should_exit = True
     thread.join(timeout=10)
+    with django_db_blocker.unblock():
+        _close_database_sessions()
+
+
+def _close_database_sessions() -> None:
+    """The server's database threads keep connections open; PostgreSQL would refuse to drop the test DB."""
+    from django.db import connection
+
+    if using_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture
-def fake_upstream(settings) -> Iterator[FakeUpstream]:
-    """A fresh fake OpenRouter (and transcription upstream) on loopback, wired into the settings."""
-    fake = FakeUpstream().start()
-    settings.OPENROUTER_BASE_URL = fake.base_url
-    settings.OPENROUTER_API_KEY = "sk-or-server-key"
-    settings.DEMO_PROVIDER_ENABLED = False
-    settings.TRANSCRIPTION_BASE_URL = fake.base_url
-    settings.TRANSCRIPTION_API_KEY = "sk-transcribe-key"
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> LiveServer:
+    """The real ASGI app under uvicorn on a loopback port; data the test writes is committed."""
+    return _uvicorn_server

@@ -23,7 +23,7 @@ def reset_process_state() -> None:
         client = sync_redis()
         try:
             client.flushdb()
-        except Exception:  # noqa: S110 -- a test that needs Redis is marked and reports it
+        except Exception:
             pass
 
 
@@ -37,10 +37,27 @@ class KeyedUser:
         return self.user.current_workspace
 
 
-def make_user(email: str = "dev@example.com", *, plan: str = "unlimited", password: str = "a-long-password-1") -> KeyedUser:
+def make_user(
+    email: str = "dev@example.com", *, plan: str = "unlimited", password: str = "a-long-password-1"
+) -> KeyedUser:
     user = User.objects.create_user(email, password)
     workspace = user.current_workspace
     workspace.plan = Plan.objects.get(slug=plan)
     workspace.save(update_fields=["plan"])
     access.bump_access_epoch()
     return KeyedUser(user=user, key=create_api_key(user=user, name="test").plaintext)
+
+
+def wait_for_usage_events(count: int, timeout: float = 5.0) -> list:
+    """The ledger is written after the response is sent: wait for `count` request lines."""
+    import time
+
+    from billing.models import UsageEvent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        if len(events) >= count or time.monotonic() > deadline:
+            assert len(events) == count, f"expected {count} usage events, found {len(events)}"
+            return events
+        time.sleep(0.02)

@@ -40,7 +40,9 @@ def async_redis() -> aioredis.Redis | None:
 
 @functools.cache
 def _sync_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=_SOCKET_TIMEOUT_SECONDS)
+    return redis.Redis.from_url(
+        url, socket_timeout=_SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=_SOCKET_TIMEOUT_SECONDS
+    )
 
 
 def sync_redis() -> redis.Redis | None:

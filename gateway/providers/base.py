@@ -19,7 +19,9 @@ class ProviderError(Exception):
     says whether trying once more is safe, which is only ever before a byte reached the client.
     """
 
-    def __init__(self, message: str, *, status: int = 502, retryable: bool = True, code: str = "upstream_error") -> None:
+    def __init__(
+        self, message: str, *, status: int = 502, retryable: bool = True, code: str = "upstream_error"
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status

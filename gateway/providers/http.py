@@ -54,10 +54,14 @@ async def _relay(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.content.iter_any():
             yield chunk
-    except (TimeoutError, asyncio.TimeoutError) as exc:
-        raise ProviderError("The upstream stalled in the middle of its response.", status=504, retryable=False, code="upstream_timeout") from exc
+    except TimeoutError as exc:
+        raise ProviderError(
+            "The upstream stalled in the middle of its response.", status=504, retryable=False, code="upstream_timeout"
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise ProviderError("The upstream dropped the connection in the middle of its response.", retryable=False) from exc
+        raise ProviderError(
+            "The upstream dropped the connection in the middle of its response.", retryable=False
+        ) from exc
     finally:
         if response.content.at_eof():
             response.release()
@@ -65,9 +69,7 @@ async def _relay(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             response.close()  # aborts the connection, which is how the upstream learns to stop
 
 
-async def post(
-    url: str, *, headers: dict[str, str], data: bytes | aiohttp.FormData, stream: bool
-) -> UpstreamResponse:
+async def post(url: str, *, headers: dict[str, str], data: bytes | aiohttp.FormData, stream: bool) -> UpstreamResponse:
     """POST to the upstream; for a successful stream, return before the body so it can be relayed."""
     session = upstream_session()
     try:
@@ -75,8 +77,10 @@ async def post(
             session.post(url, data=data, headers=headers, timeout=_timeout(), allow_redirects=False),
             timeout=settings.UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS,
         )
-    except (TimeoutError, asyncio.TimeoutError) as exc:
-        raise ProviderError("The upstream did not respond in time.", status=504, code="upstream_timeout") from exc
+    except TimeoutError as exc:
+        raise ProviderError(
+            "The upstream did not respond in time.", status=504, retryable=False, code="upstream_timeout"
+        ) from exc
     except aiohttp.ClientError as exc:
         raise ProviderError(f"Could not reach the upstream ({type(exc).__name__}).") from exc
 
@@ -89,8 +93,10 @@ async def post(
         return UpstreamResponse(status=200, headers=response_headers, chunks=_relay(response), release=abort)
     try:
         body = await response.read()
-    except (TimeoutError, asyncio.TimeoutError) as exc:
-        raise ProviderError("The upstream stalled while sending its response.", status=504, code="upstream_timeout") from exc
+    except TimeoutError as exc:
+        raise ProviderError(
+            "The upstream stalled while sending its response.", status=504, code="upstream_timeout"
+        ) from exc
     except aiohttp.ClientError as exc:
         raise ProviderError("The upstream dropped the connection while sending its response.") from exc
     finally:

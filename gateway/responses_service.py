@@ -1,0 +1,172 @@
+"""/v1/responses served by the upstream's chat completions: translate, admit, call, translate back, bill.
+
+The admission, the upstream call and billing are the chat path's own (gateway.services); what
+differs is only the shape on our side (gateway.responses_api). Streams are the chat relay's events
+turned into Responses events, so a client that disconnects is billed exactly as on the chat path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from apikeys.authentication import ApiCaller
+from billing.recording import UsageRecord, count_for, finish_request
+from gateway import validation
+from gateway.errors import ApiError
+from gateway.providers.base import UpstreamCall
+from gateway.responses_api import (
+    ChatTranslation,
+    ResponseEventStream,
+    chat_request_from_responses,
+    new_response_id,
+    response_from_chat,
+    sse_frame,
+)
+from gateway.routing import route_chat
+from gateway.services import (
+    Completion,
+    CompletionStream,
+    GatewayCall,
+    admit,
+    reserve,
+    send_upstream,
+    usage_record,
+)
+from gateway.streaming import CallOutcome, relay_events
+
+ENDPOINT = "responses"  # as recorded in the ledger
+UPSTREAM_PATH = "/chat/completions"
+
+
+def _event_payload(raw: bytes) -> dict | str | None:
+    """The JSON of one relayed SSE event, "[DONE]", or None for a comment."""
+    lines = [line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(lines)
+    if data == b"[DONE]":
+        return "[DONE]"
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {"error": {"message": "The upstream sent a malformed event."}}
+    return parsed if isinstance(parsed, dict) else {"error": {"message": "The upstream sent a malformed event."}}
+
+
+def _failure_message(payload: dict) -> str | None:
+    error = payload.get("error")
+    if not error:
+        return None
+    if isinstance(error, dict):
+        return str(error.get("message") or "The upstream failed mid-stream.")
+    return str(error)
+
+
+async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStream) -> AsyncIterator[bytes]:
+    """Responses SSE frames for the relayed chat stream; the relay is always read to its end."""
+    try:
+        yield b"".join(sse_frame(event) for event in events.start())
+        failure: str | None = None
+        async for raw in relay:
+            payload = _event_payload(raw)
+            if payload is None:
+                yield raw  # a keep-alive comment: it keeps idle proxies from closing a slow first token
+                continue
+            # After a failure the relay is still drained: it ends on its own and records the outcome.
+            if failure is not None or payload == "[DONE]" or isinstance(payload, str):
+                continue
+            failure = _failure_message(payload)
+            if failure is None:
+                frames = b"".join(sse_frame(event) for event in events.feed(payload))
+                if frames:
+                    yield frames
+        terminal = events.fail(failure) if failure is not None else events.finish(completed_at=int(time.time()))
+        yield b"".join(sse_frame(event) for event in terminal)
+    finally:
+        await relay.aclose()
+
+
+def _translate(body: dict) -> ChatTranslation:
+    translation = chat_request_from_responses(body)
+    validation.check_chat_request(translation.chat_body)  # the chat path's own checks, as a backstop
+    return translation
+
+
+async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> GatewayCall:
+    translations: list[ChatTranslation] = []
+    # admit() runs the check between the model and catalogue checks, as on the chat path.
+    model, entry = await admit(
+        caller=caller, body=body, check=lambda raw: translations.append(_translate(raw)), kind="chat"
+    )
+    translation = translations[0]
+    route = route_chat(entry=entry, caller=caller)
+    reservation = await reserve(caller=caller, route=route, request_id=request_id)
+
+    chat_body = {**translation.chat_body, "model": entry.upstream_name}
+    if translation.stream:
+        chat_body["stream_options"] = {"include_usage": True}  # usage goes into response.completed
+    outcome = CallOutcome()
+    relay: AsyncIterator[bytes] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+    def record() -> UsageRecord:
+        return usage_record(
+            caller=caller,
+            route_byok=route.byok,
+            model=model,
+            endpoint=ENDPOINT,
+            request_id=request_id,
+            body=chat_body,
+            outcome=outcome,
+        )
+
+    async def finish() -> None:
+        if stream is not None:
+            await stream.aclose()  # a stream the client abandoned stops here, and its status says so
+        if relay is not None:
+            await relay.aclose()
+        await finish_request(reservation=reservation, usage=record())
+
+    call = UpstreamCall(
+        path=UPSTREAM_PATH, api_key=route.api_key, request_id=request_id, json_body=chat_body, stream=translation.stream
+    )
+    upstream = await send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
+    headers = reservation.budget.headers()
+    response_id, created_at = new_response_id(), int(time.time())
+
+    if translation.stream:
+        relay = relay_events(upstream, include_usage=True, outcome=outcome)
+        events = ResponseEventStream(response_id=response_id, created_at=created_at, model=model, echo=translation.echo)
+        stream = _response_events(relay, events)
+        return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
+
+    try:
+        completion = json.loads(upstream.body)
+        if not isinstance(completion, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        outcome.status = "failed"
+        await finish()
+        raise ApiError(
+            "The upstream sent a response that is not JSON.",
+            status=502,
+            error_type="server_error",
+            code="upstream_malformed_response",
+        ) from None
+    outcome.usage = completion.get("usage")
+    outcome.generation_id = str(completion.get("id") or "")
+    outcome.delivered.append(upstream.body)
+    response = response_from_chat(
+        completion,
+        response_id=response_id,
+        created_at=created_at,
+        completed_at=int(time.time()),
+        model=model,
+        echo=translation.echo,
+    )
+    headers["x-writingmate-messages-counted"] = str(count_for(record()))
+    return GatewayCall(
+        result=Completion(status=200, body=json.dumps(response).encode(), headers=headers), finish=finish
+    )

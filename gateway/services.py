@@ -1,0 +1,391 @@
+"""Chat and legacy completions: validate, admit, route, call the upstream, and hand the outcome to billing.
+
+Each call returns a `GatewayCall`: the result to send (a whole body or an event stream) and the
+`finish` coroutine that the view schedules to run after the response is out (or the client left),
+which records usage and settles the reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from apikeys.authentication import ApiCaller
+from billing.idempotency import (
+    REPLAYED_HEADER,
+    IdempotencyError,
+    Proceed,
+    Replay,
+    abandon_idempotent,
+    begin_idempotent,
+    complete_idempotent,
+)
+from billing.quotas import QuotaExceeded, Reservation, reserve_message
+from billing.recording import UsageRecord, count_for, finish_request
+from gateway import catalogue, validation
+from gateway.errors import ApiError
+from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
+from gateway.routing import Route, route_chat
+from gateway.streaming import CallOutcome, relay_events
+from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
+
+logger = logging.getLogger(__name__)
+
+_MAX_SANE_TOKENS = 10**9
+
+
+@dataclass(frozen=True)
+class Completion:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CompletionStream:
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class GatewayCall:
+    result: Completion | CompletionStream
+    finish: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    name: str  # as recorded in the ledger
+    path: str  # upstream path
+    check: Callable[[dict], None]
+
+
+CHAT = _Endpoint("chat.completions", "/chat/completions", validation.check_chat_request)
+COMPLETIONS = _Endpoint("completions", "/completions", validation.check_completion_request)
+
+
+def quota_error(exc: QuotaExceeded) -> ApiError:
+    return ApiError(
+        exc.message,
+        status=429,
+        code=exc.code,
+        error_type="insufficient_quota",
+        headers={"retry-after": str(exc.retry_after_seconds), "x-should-retry": "false"},
+    )
+
+
+def upstream_error(response: UpstreamResponse, *, byok: bool) -> ApiError:
+    """Map an upstream's non-200 answer to the error our client sees."""
+    message, param, code = f"The upstream answered with HTTP {response.status}.", None, None
+    try:
+        error = json.loads(response.body).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+        elif isinstance(error, str):
+            message = error
+    except (ValueError, AttributeError):
+        pass
+    status = response.status
+    if status == 429:
+        headers = {"retry-after": response.headers["retry-after"]} if "retry-after" in response.headers else {}
+        return ApiError(
+            message, status=429, code=code or "rate_limit_exceeded", error_type="rate_limit_error", headers=headers
+        )
+    if status in (401, 403):
+        if byok:
+            return ApiError(
+                f"OpenRouter rejected your own OpenRouter key (BYOK): {message} Update it in Settings.",
+                status=400,
+                code="byok_key_rejected",
+            )
+        logger.error("upstream rejected the server's credentials: HTTP %s", status)
+        return ApiError(
+            "The upstream rejected this server's credentials.",
+            status=502,
+            error_type="server_error",
+            code="upstream_auth_failed",
+        )
+    if 400 <= status < 500:
+        return ApiError(message, status=status, param=param, code=code)
+    return ApiError(f"The upstream failed: {message}", status=502, error_type="server_error", code="upstream_error")
+
+
+async def _send_with_retry(route: Route, call: UpstreamCall) -> UpstreamResponse:
+    """Send once more after a connection error or a 5xx: nothing has reached the client yet."""
+    try:
+        response = await route.provider.send(call)
+        if response.status < 500:
+            return response
+    except ProviderError as exc:
+        if not exc.retryable:
+            raise
+    await asyncio.sleep(settings.UPSTREAM_RETRY_BACKOFF_SECONDS)
+    return await route.provider.send(call)
+
+
+def _sane(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_SANE_TOKENS else None
+
+
+def _upstream_tokens(usage: dict | None) -> tuple[int, int, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = _sane(usage.get("prompt_tokens")), _sane(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = _sane(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return prompt, completion, min(cached or 0, prompt)
+
+
+def _delivered_text(outcome: CallOutcome) -> str:
+    parts: list[str] = []
+    for payload in outcome.delivered:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            continue
+        for choice in event.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or choice.get("message") or {}
+            parts.append(str(choice.get("text") or "") + str(delta.get("content") or ""))
+            for tool_call in delta.get("tool_calls") or []:
+                function = tool_call.get("function") or {}
+                parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+    return "".join(parts)
+
+
+def _estimate_prompt_tokens(body: dict) -> int:
+    if "messages" in body:
+        return count_chat_prompt_tokens(body["messages"], body.get("tools"))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return count_text_tokens(prompt)
+    if isinstance(prompt, list):
+        return sum(count_text_tokens(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 1 for p in prompt)
+    return 0
+
+
+def usage_record(
+    *, caller: ApiCaller, route_byok: bool, model: str, endpoint: str, request_id: str, body: dict, outcome: CallOutcome
+) -> UsageRecord:
+    """The ledger line for an outcome: the upstream's usage, or a tiktoken estimate of what was delivered."""
+    tokens = _upstream_tokens(outcome.usage)
+    estimated = tokens is None
+    if tokens is None:
+        if outcome.usage is not None:
+            logger.warning(
+                "upstream usage looked wrong for %s; estimating with tiktoken: %r", request_id, outcome.usage
+            )
+        completion = count_text_tokens(_delivered_text(outcome))
+        spent = outcome.reached_upstream and (completion > 0 or outcome.status == "succeeded")
+        tokens = (_estimate_prompt_tokens(body) if spent else 0, completion, 0)
+    prompt_tokens, completion_tokens, cached_tokens = tokens
+    return UsageRecord(
+        request_id=request_id,
+        workspace_id=caller.workspace.workspace_id,
+        user_id=caller.user_id,
+        key_id=caller.key_id,
+        model=model,
+        endpoint=endpoint,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=cached_tokens,
+        byok=route_byok,
+        status=outcome.status,
+        latency_ms=int((time.monotonic() - outcome.started) * 1000),
+        generation_id=outcome.generation_id,
+        tokens_estimated=estimated,
+    )
+
+
+async def admit(
+    *, caller: ApiCaller, body: dict, check: Callable[[dict], None], kind: str
+) -> tuple[str, catalogue.CatalogueEntry]:
+    """(model, catalogue entry) for a request the workspace may make, or the 400/403/404 that says why not."""
+    model = validation.check_model_param(body)
+    entry = (await catalogue.enabled_models()).get(model)
+    validation.check_routing(body, entry, model)
+    check(body)
+    entry = await catalogue.ensure_model_allowed(slug=model, workspace=caller.workspace, kind=kind)
+    return model, entry
+
+
+async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reservation:
+    try:
+        return await reserve_message(
+            request_id=request_id, workspace=caller.workspace, user_id=caller.user_id, byok=route.byok
+        )
+    except QuotaExceeded as exc:
+        raise quota_error(exc) from None
+
+
+async def send_upstream(
+    route: Route,
+    call: UpstreamCall,
+    *,
+    outcome: CallOutcome,
+    finish: Callable[[], Awaitable[None]],
+    reservation: Reservation,
+) -> UpstreamResponse:
+    """The upstream's 200 response; any failure is first recorded through `finish`, then raised as an ApiError."""
+    try:
+        outcome.reached_upstream = True
+        upstream = await _send_with_retry(route, call)
+    except ProviderError as exc:
+        outcome.status = "failed"
+        await finish()
+        raise ApiError(exc.message, status=exc.status, error_type="server_error", code=exc.code) from None
+    except asyncio.CancelledError:
+        outcome.status = "client_disconnected"
+        await asyncio.shield(finish())
+        raise
+
+    if upstream.status != 200:
+        outcome.status = "failed"
+        await finish()
+        error = upstream_error(upstream, byok=route.byok)
+        error.headers.update(reservation.budget.headers())
+        raise error
+    return upstream
+
+
+async def _nothing_to_finish() -> None:
+    return None
+
+
+async def claim_idempotency(*, caller: ApiCaller, idempotency_key: str, raw_body: bytes) -> Replay | Proceed:
+    try:
+        return await begin_idempotent(key_id=caller.key_id, idempotency_key=idempotency_key, body=raw_body)
+    except IdempotencyError as exc:
+        raise ApiError(exc.message, status=exc.status, param=exc.param, code=exc.code) from None
+
+
+def replayed(replay: Replay) -> GatewayCall:
+    headers = {**replay.headers, REPLAYED_HEADER: "true"}
+    return GatewayCall(
+        result=Completion(status=replay.status, body=replay.body, headers=headers), finish=_nothing_to_finish
+    )
+
+
+async def _proxy(
+    endpoint: _Endpoint, *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes, idempotency_key: str | None
+) -> GatewayCall:
+    model, entry = await admit(caller=caller, body=body, check=endpoint.check, kind="chat")
+    route = route_chat(entry=entry, caller=caller)
+    stream = bool(body.get("stream"))
+    if idempotency_key is None or stream:
+        return await _proxy_admitted(
+            endpoint, caller=caller, body=body, request_id=request_id, model=model, entry=entry, route=route
+        )
+    claim = await claim_idempotency(caller=caller, idempotency_key=idempotency_key, raw_body=raw_body)
+    if isinstance(claim, Replay):
+        return replayed(claim)
+    try:
+        call = await _proxy_admitted(
+            endpoint, caller=caller, body=body, request_id=request_id, model=model, entry=entry, route=route
+        )
+    except BaseException:
+        await asyncio.shield(abandon_idempotent(claim))
+        raise
+    result = call.result
+    await complete_idempotent(claim, status=result.status, headers=result.headers, body=result.body)
+    return call
+
+
+async def _proxy_admitted(
+    endpoint: _Endpoint,
+    *,
+    caller: ApiCaller,
+    body: dict,
+    request_id: str,
+    model: str,
+    entry: catalogue.CatalogueEntry,
+    route: Route,
+) -> GatewayCall:
+    reservation = await reserve(caller=caller, route=route, request_id=request_id)
+
+    stream = bool(body.get("stream"))
+    include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
+    upstream_body = {**body, "model": entry.upstream_name}
+    if stream:
+        upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    outcome = CallOutcome()
+    relay: AsyncIterator[bytes] | None = None
+
+    async def finish() -> None:
+        if relay is not None:
+            await relay.aclose()  # a stream the client abandoned stops here, and its status says so
+        record = usage_record(
+            caller=caller,
+            route_byok=route.byok,
+            model=model,
+            endpoint=endpoint.name,
+            request_id=request_id,
+            body=body,
+            outcome=outcome,
+        )
+        await finish_request(reservation=reservation, usage=record)
+
+    call = UpstreamCall(
+        path=endpoint.path, api_key=route.api_key, request_id=request_id, json_body=upstream_body, stream=stream
+    )
+    upstream = await send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
+
+    headers = reservation.budget.headers()
+    if stream:
+        relay = relay_events(upstream, include_usage=include_usage, outcome=outcome)
+        return GatewayCall(result=CompletionStream(chunks=relay, headers=headers), finish=finish)
+
+    try:
+        parsed = json.loads(upstream.body)
+        outcome.usage = parsed.get("usage")
+        outcome.generation_id = str(parsed.get("id") or "")
+    except (ValueError, AttributeError):
+        outcome.status = "failed"
+        await finish()
+        raise ApiError(
+            "The upstream sent a response that is not JSON.",
+            status=502,
+            error_type="server_error",
+            code="upstream_malformed_response",
+        ) from None
+    outcome.delivered.append(upstream.body)
+    counted = count_for(
+        usage_record(
+            caller=caller,
+            route_byok=route.byok,
+            model=model,
+            endpoint=endpoint.name,
+            request_id=request_id,
+            body=body,
+            outcome=outcome,
+        )
+    )
+    headers["x-writingmate-messages-counted"] = str(counted)
+    return GatewayCall(result=Completion(status=200, body=upstream.body, headers=headers), finish=finish)
+
+
+async def create_chat_completion(
+    *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes = b"", idempotency_key: str | None = None
+) -> GatewayCall:
+    return await _proxy(
+        CHAT, caller=caller, body=body, request_id=request_id, raw_body=raw_body, idempotency_key=idempotency_key
+    )
+
+
+async def create_completion(
+    *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes = b"", idempotency_key: str | None = None
+) -> GatewayCall:
+    return await _proxy(
+        COMPLETIONS, caller=caller, body=body, request_id=request_id, raw_body=raw_body, idempotency_key=idempotency_key
+    )

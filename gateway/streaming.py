@@ -1,0 +1,159 @@
+"""Server-Sent Events: relaying an upstream stream byte for byte, and the few edits we must make.
+
+Events are forwarded exactly as the upstream framed them. The gateway always asks the upstream for
+usage; the final usage chunk reaches the client only if it asked (`stream_options.include_usage`).
+A failure after the first byte becomes one `data: {"error": ...}` event (which the SDKs raise),
+and the stream ends cleanly. What was delivered is kept, unparsed, so a client that disconnects can
+still be billed for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from django.http import StreamingHttpResponse
+
+from gateway.providers.base import ProviderError, UpstreamResponse
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_ERROR_KEY = re.compile(rb'"error"\s*:\s*[{"]')
+
+
+@dataclass
+class CallOutcome:
+    """What happened to one upstream call, filled in as it goes; read by billing at the end."""
+
+    started: float = field(default_factory=time.monotonic)
+    status: str = "succeeded"  # billing.models.UsageEvent.Status
+    usage: dict | None = None
+    generation_id: str = ""
+    delivered: list[bytes] = field(default_factory=list)
+    first_byte_at: float | None = None
+    reached_upstream: bool = False
+
+
+def error_event(message: str, *, code: str, error_type: str = "server_error") -> bytes:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _next_boundary(buffer: bytes, start: int) -> tuple[int, int]:
+    """(index, length) of the next blank line that ends an event, or (-1, 0)."""
+    lf = buffer.find(b"\n\n", start)
+    crlf = buffer.find(b"\r\n\r\n", start)
+    if crlf != -1 and (lf == -1 or crlf < lf):
+        return crlf, 4
+    return (lf, 2) if lf != -1 else (-1, 0)
+
+
+def _data_of(event: bytes) -> bytes | None:
+    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines).strip()
+
+
+def _without_usage(event: dict) -> bytes:
+    event.pop("usage", None)
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def relay_events(
+    upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
+) -> AsyncIterator[bytes]:
+    buffer = b""
+    finished = False
+    try:
+        async for chunk in upstream.chunks:
+            buffer += chunk
+            start = 0
+            while True:
+                index, length = _next_boundary(buffer, start)
+                if index == -1:
+                    break
+                event = buffer[start : index + length]
+                start = index + length
+                forwarded = _relay_one(event, include_usage=include_usage, outcome=outcome)
+                if forwarded is _MALFORMED:
+                    outcome.status = "failed"
+                    yield error_event(
+                        "The upstream sent a malformed event; the stream was stopped.", code="upstream_malformed_stream"
+                    )
+                    return
+                if forwarded:
+                    yield forwarded
+                if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
+                    finished = True
+            buffer = buffer[start:]
+            if finished:
+                return
+        if buffer.strip():
+            forwarded = _relay_one(buffer + b"\n\n", include_usage=include_usage, outcome=outcome)
+            if forwarded and forwarded is not _MALFORMED:
+                yield forwarded
+                finished = _data_of(buffer) == b"[DONE]"
+        if not finished:
+            outcome.status = "failed"
+            yield error_event("The upstream closed the stream before it finished.", code="upstream_stream_incomplete")
+    except ProviderError as exc:
+        outcome.status = "failed"
+        yield error_event(exc.message, code=exc.code)
+    except asyncio.CancelledError:
+        outcome.status = "client_disconnected"
+        raise
+    except GeneratorExit:
+        if not finished:
+            outcome.status = "client_disconnected"
+        raise
+    finally:
+        await upstream.close()
+
+
+_MALFORMED = b"\x00malformed"
+
+
+def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> bytes:
+    if event.startswith(b":"):
+        return event  # an SSE comment, e.g. OpenRouter's keep-alive
+    payload = _data_of(event)
+    if payload is None or payload == b"[DONE]":
+        return event
+    if not (payload.startswith(b"{") and payload.endswith(b"}")):
+        return _MALFORMED
+    if outcome.first_byte_at is None:
+        outcome.first_byte_at = time.monotonic()
+        try:
+            outcome.generation_id = str(json.loads(payload).get("id") or "")
+        except ValueError:
+            return _MALFORMED
+    if _ERROR_KEY.search(payload):
+        parsed = json.loads(payload)
+        if parsed.get("error"):
+            outcome.status = "failed"
+            return event
+    if _USAGE_OBJECT.search(payload):
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return _MALFORMED
+        if isinstance(parsed.get("usage"), dict):
+            outcome.usage = parsed["usage"]
+            if not include_usage:
+                if not parsed.get("choices"):
+                    return b""  # the usage-only chunk the client did not ask for
+                event = _without_usage(parsed)
+    outcome.delivered.append(payload)
+    return event
+
+
+def sse_response(chunks: AsyncIterator[bytes], *, headers: dict[str, str]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(chunks, content_type="text/event-stream; charset=utf-8")
+    for name, value in {**SSE_HEADERS, **headers}.items():
+        response[name] = value
+    return response
