@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -22,8 +23,10 @@ from django.core.handlers.asgi import ASGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import Resolver404, set_urlconf
 
+from gateway import metrics
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
+from writingmate.logs import bind_request_id, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,14 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
         request_id = new_request_id()
+        token = bind_request_id(request_id)
+        try:
+            await self._handle(scope, receive, send, request_id)
+        finally:
+            unbind_request_id(token)
+
+    async def _handle(self, scope: dict, receive: Callable, send: Callable, request_id: str) -> None:
+        started = time.monotonic()
         limit = (
             settings.API_MAX_AUDIO_BYTES + 1024 * 1024
             if scope["path"].endswith("/audio/transcriptions")
@@ -109,10 +120,15 @@ class ApiHandler(ASGIHandler):
             return
         request.request_id = request_id
         request.api_finalizers = []
+        request.api_endpoint = "unknown"
+        request.api_model = ""
+        status = 499  # nginx's "client closed request", kept if the client leaves before the response
 
         async def process() -> None:
+            nonlocal status
             response = await self.run_get_response(request)
             response["x-request-id"] = request_id
+            status = response.status_code
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
@@ -138,6 +154,12 @@ class ApiHandler(ASGIHandler):
                 except Exception:
                     logger.exception("request finalizer failed (%s)", request_id)
             body_file.close()
+            metrics.record_request(
+                endpoint=request.api_endpoint,
+                model=request.api_model,
+                status=status,
+                duration_seconds=time.monotonic() - started,
+            )
 
     async def _read_body(self, scope: dict, receive: Callable, limit: int) -> tempfile.SpooledTemporaryFile:
         for name, value in scope.get("headers", ()):

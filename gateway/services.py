@@ -28,7 +28,7 @@ from billing.idempotency import (
 )
 from billing.quotas import QuotaExceeded, Reservation, reserve_message
 from billing.recording import UsageRecord, count_for, finish_request
-from gateway import catalogue, validation
+from gateway import catalogue, metrics, validation
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
 from gateway.routing import Route, route_chat
@@ -243,6 +243,7 @@ async def send_upstream(
         upstream = await _send_with_retry(route, call)
     except ProviderError as exc:
         outcome.status = "failed"
+        outcome.error_kind = "timeout" if exc.status == 504 else "connect"
         await finish()
         raise ApiError(exc.message, status=exc.status, error_type="server_error", code=exc.code) from None
     except asyncio.CancelledError:
@@ -252,11 +253,20 @@ async def send_upstream(
 
     if upstream.status != 200:
         outcome.status = "failed"
+        outcome.error_kind = "status_5xx" if upstream.status >= 500 else "status_4xx"
         await finish()
         error = upstream_error(upstream, byok=route.byok)
         error.headers.update(reservation.budget.headers())
         raise error
     return upstream
+
+
+def observe_outcome(*, endpoint: str, model: str, outcome: CallOutcome, counted: int, byok: bool) -> None:
+    metrics.record_messages(count=counted, byok=byok)
+    if outcome.first_byte_at is not None:
+        metrics.record_first_token(endpoint=endpoint, model=model, seconds=outcome.first_byte_at - outcome.started)
+    if outcome.error_kind:
+        metrics.record_upstream_error(kind=outcome.error_kind)
 
 
 async def _nothing_to_finish() -> None:
@@ -334,7 +344,8 @@ async def _proxy_admitted(
             body=body,
             outcome=outcome,
         )
-        await finish_request(reservation=reservation, usage=record)
+        counted = await finish_request(reservation=reservation, usage=record)
+        observe_outcome(endpoint=endpoint.name, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
         path=endpoint.path, api_key=route.api_key, request_id=request_id, json_body=upstream_body, stream=stream
@@ -352,6 +363,7 @@ async def _proxy_admitted(
         outcome.generation_id = str(parsed.get("id") or "")
     except (ValueError, AttributeError):
         outcome.status = "failed"
+        outcome.error_kind = "malformed"
         await finish()
         raise ApiError(
             "The upstream sent a response that is not JSON.",

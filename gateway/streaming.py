@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from django.http import StreamingHttpResponse
 
+from gateway import metrics
 from gateway.providers.base import ProviderError, UpstreamResponse
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -36,6 +37,7 @@ class CallOutcome:
     delivered: list[bytes] = field(default_factory=list)
     first_byte_at: float | None = None
     reached_upstream: bool = False
+    error_kind: str = ""  # gateway.metrics.UPSTREAM_ERROR_KINDS, when the upstream misbehaved
 
 
 def error_event(message: str, *, code: str, error_type: str = "server_error") -> bytes:
@@ -82,6 +84,7 @@ async def relay_events(
                 forwarded = _relay_one(event, include_usage=include_usage, outcome=outcome)
                 if forwarded is _MALFORMED:
                     outcome.status = "failed"
+                    outcome.error_kind = "malformed"
                     yield error_event(
                         "The upstream sent a malformed event; the stream was stopped.", code="upstream_malformed_stream"
                     )
@@ -100,9 +103,11 @@ async def relay_events(
                 finished = _data_of(buffer) == b"[DONE]"
         if not finished:
             outcome.status = "failed"
+            outcome.error_kind = "stream_dropped"
             yield error_event("The upstream closed the stream before it finished.", code="upstream_stream_incomplete")
     except ProviderError as exc:
         outcome.status = "failed"
+        outcome.error_kind = "timeout" if exc.status == 504 else "stream_dropped"
         yield error_event(exc.message, code=exc.code)
     except asyncio.CancelledError:
         outcome.status = "client_disconnected"
@@ -112,6 +117,7 @@ async def relay_events(
             outcome.status = "client_disconnected"
         raise
     finally:
+        metrics.stream_closed()
         await upstream.close()
 
 

@@ -14,7 +14,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.exceptions import APIException
 
-from apikeys.authentication import ApiCaller, authenticate_api_request
+from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_request
+from apikeys.throttling import ensure_address_allowed, note_invalid_key
 from billing.quotas import current_budget
 from gateway import catalogue, responses_service, services, transcriptions
 from gateway.asgi import add_finalizer
@@ -27,12 +28,16 @@ logger = logging.getLogger(__name__)
 ApiView = Callable[..., Awaitable[HttpResponseBase]]
 
 
-def api_endpoint(*, method: str) -> Callable[[ApiView], ApiView]:
-    """Method check, bearer authentication and OpenAI-shaped errors around an async /v1 view."""
+def api_endpoint(*, method: str, name: str) -> Callable[[ApiView], ApiView]:
+    """Method check, bearer authentication and OpenAI-shaped errors around an async /v1 view.
+
+    `name` labels the request in metrics and the ledger ("chat.completions").
+    """
 
     def decorate(view: ApiView) -> ApiView:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
+            request.api_endpoint = name
             if request.method != method:
                 error = ApiError(
                     f"Method {request.method} is not allowed on {request.path}; use {method}.",
@@ -42,11 +47,17 @@ def api_endpoint(*, method: str) -> Callable[[ApiView], ApiView]:
                 response = error_response(error)
                 response["Allow"] = method
                 return response
+            address = request.META.get("REMOTE_ADDR") or ""
             try:
-                caller = await authenticate_api_request(
-                    authorization=request.headers.get("Authorization"),
-                    workspace_header=request.headers.get("x-writingmate-workspace"),
-                )
+                await ensure_address_allowed(address)
+                try:
+                    caller = await authenticate_api_request(
+                        authorization=request.headers.get("Authorization"),
+                        workspace_header=request.headers.get("x-writingmate-workspace"),
+                    )
+                except InvalidApiKey:
+                    await note_invalid_key(address)
+                    raise
                 return await view(request, caller, **kwargs)
             except ApiError as exc:
                 return error_response(exc)
@@ -69,14 +80,14 @@ def _model_object(entry: catalogue.CatalogueEntry) -> dict:
     return {"id": entry.slug, "object": "model", "created": entry.created, "owned_by": entry.owned_by}
 
 
-@api_endpoint(method="GET")
+@api_endpoint(method="GET", name="models.list")
 async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponse:
     entries = await catalogue.models_for(caller.workspace)
     budget = await current_budget(workspace=caller.workspace, user_id=caller.user_id)
     return _json({"object": "list", "data": [_model_object(e) for e in entries]}, headers=budget.headers())
 
 
-@api_endpoint(method="GET")
+@api_endpoint(method="GET", name="models.retrieve")
 async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str) -> HttpResponse:
     slug = unquote(model_id)
     for entry in await catalogue.models_for(caller.workspace):
@@ -96,9 +107,16 @@ def _respond(request: HttpRequest, call: services.GatewayCall) -> HttpResponseBa
     return response
 
 
-@api_endpoint(method="POST")
-async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+def _json_body(request: HttpRequest) -> dict:
     body = parse_json_object(request.body, request.content_type)
+    if isinstance(body.get("model"), str):
+        request.api_model = body["model"]
+    return body
+
+
+@api_endpoint(method="POST", name="chat.completions")
+async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    body = _json_body(request)
     call = await services.create_chat_completion(
         caller=caller,
         body=body,
@@ -109,9 +127,9 @@ async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpRespo
     return _respond(request, call)
 
 
-@api_endpoint(method="POST")
+@api_endpoint(method="POST", name="completions")
 async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    body = parse_json_object(request.body, request.content_type)
+    body = _json_body(request)
     call = await services.create_completion(
         caller=caller,
         body=body,
@@ -122,9 +140,9 @@ async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
     return _respond(request, call)
 
 
-@api_endpoint(method="POST")
+@api_endpoint(method="POST", name="responses")
 async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    body = parse_json_object(request.body, request.content_type)
+    body = _json_body(request)
     call = await responses_service.create_response(caller=caller, body=body, request_id=request.request_id)
     return _respond(request, call)
 
@@ -138,12 +156,15 @@ def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transc
     upload = None
     if uploaded is not None:
         upload = transcriptions.AudioUpload(
-            filename=uploaded.name or "", content_type=uploaded.content_type or "", size=uploaded.size or 0, file=uploaded.file
+            filename=uploaded.name or "",
+            content_type=uploaded.content_type or "",
+            size=uploaded.size or 0,
+            file=uploaded.file,
         )
     return {name: fields.getlist(name) for name in fields}, upload
 
 
-@api_endpoint(method="POST")
+@api_endpoint(method="POST", name="audio.transcriptions")
 async def audio_transcriptions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     if request.content_type != "multipart/form-data":
         raise ApiError(

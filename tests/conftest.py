@@ -142,3 +142,18 @@ def _close_database_sessions() -> None:
 def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> LiveServer:
     """The real ASGI app under uvicorn on a loopback port; data the test writes is committed."""
     return _uvicorn_server
+
+
+@pytest.fixture
+def fake_upstream(settings) -> Iterator[FakeUpstream]:
+    """A fresh fake OpenRouter (and transcription upstream) on loopback, wired into the settings."""
+    fake = FakeUpstream().start()
+    settings.OPENROUTER_BASE_URL = fake.base_url
+    settings.OPENROUTER_API_KEY = "sk-or-server-key"
+    settings.DEMO_PROVIDER_ENABLED = False
+    settings.TRANSCRIPTION_BASE_URL = fake.base_url
+    settings.TRANSCRIPTION_API_KEY = "sk-transcribe-key"
+    try:
+        yield fake
+    finally:
+        fake.stop()
