@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -112,3 +113,11 @@ def test_development_still_runs_the_demo_provider():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_env_example_documents_every_variable_settings_reads():
+    read = set(re.findall(r"env\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", (REPO / "writingmate" / "settings.py").read_text()))
+    documented = set(re.findall(r"^# ([A-Z][A-Z0-9_]*)=", (REPO / ".env.example").read_text(), flags=re.M))
+
+    assert read, "no env reads found: has settings.py stopped using django-environ?"
+    assert read - documented == set()
