@@ -98,10 +98,13 @@ class WorkspaceDetailView(WorkspaceMembershipMixin, View):
 
 
 def _workspace_context(membership: Membership, **extra: Any) -> dict[str, Any]:
+    members = list(selectors.members_of(workspace_id=membership.workspace_id))
     return {
         "membership": membership,
         "workspace": membership.workspace,
-        "members": selectors.members_of(workspace_id=membership.workspace_id),
+        "members": members,
+        # The last owner gets no Remove button; the service refuses it anyway.
+        "sole_owner": sum(member.role == Membership.Role.OWNER for member in members) == 1,
         "member_form": extra.get("member_form") or MemberAddForm(),
     }
 

@@ -241,3 +241,13 @@ def test_members_see_members_but_cannot_manage(client, team: dict) -> None:
     )
     assert response.status_code == 403
     assert not Membership.objects.filter(user=team["outsider"], workspace=team["workspace"]).exists()
+
+
+def test_the_sole_owner_gets_no_remove_button_for_themselves(client, team: dict) -> None:
+    login(client, team["owner"])
+    workspace_id = team["workspace"].pk
+
+    body = client.get(reverse("workspace-detail", args=[workspace_id])).content.decode()
+
+    assert reverse("workspace-member-remove", args=[workspace_id, membership(team, "owner").pk]) not in body
+    assert reverse("workspace-member-remove", args=[workspace_id, membership(team, "member").pk]) in body

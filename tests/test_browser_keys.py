@@ -1,0 +1,184 @@
+"""A real browser (Debian's headless Chromium) through sign-up, a one-time key, the API and revocation.
+
+Selenium is pointed at /usr/bin/chromium and /usr/bin/chromedriver explicitly, with SE_OFFLINE set, so
+it never downloads a browser or a driver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+KEY_RE = re.compile(r"wmk_[0-9A-Za-z]{49}")
+
+
+def chromium_missing_reason() -> str | None:
+    """None when Chromium and its driver are there, installing them first if we can."""
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            return "Chromium is not installed at /usr/bin/chromium and apt-get is not usable here"
+        try:
+            subprocess.run(
+                ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            return f"Chromium is missing and `apt-get install chromium chromium-driver` failed: {exc}"
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        return "Chromium or chromedriver is missing (/usr/bin/chromium, /usr/bin/chromedriver)"
+    return None
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    reason = chromium_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Selenium Manager must not go looking for (or downloading) browsers and drivers.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    profile = tempfile.mkdtemp(prefix="wm-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1280,1400",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.implicitly_wait(5)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def static_files_served(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve /static/ from templates/static on the live server.
+
+    WhiteNoise serves from the source directories only when DEBUG is on as its middleware is built,
+    and pytest-django turns DEBUG off for tests, so the site's CSS and JS (the copy button, the
+    history rewrite after the reveal) would be 404s. Swap in a site handler built with the finders on.
+    """
+    from django.core.asgi import get_asgi_application
+
+    from writingmate import asgi
+
+    settings.WHITENOISE_USE_FINDERS = True
+    settings.WHITENOISE_AUTOREFRESH = True
+    monkeypatch.setattr(asgi.application, "site_application", get_asgi_application())
+
+
+def wait_for_url(browser, url: str) -> None:
+    """A click that submits a form returns before the next page has loaded: wait for it."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(browser, 10).until(expected_conditions.url_to_be(url))
+    WebDriverWait(browser, 10).until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+
+
+def api_get(url: str, key: str) -> requests.Response:
+    with requests.Session() as session:
+        session.trust_env = False  # loopback only: no proxies from the environment
+        return session.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    target = Path(os.environ.get("BROWSER_SCREENSHOT_DIR") or tmp_path)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def test_sign_up_create_key_shown_once_use_it_then_revoke(
+    browser, static_files_served: None, live_server, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    # Sign up.
+    browser.get(f"{live_server.url}/signup/")
+    browser.find_element(By.ID, "id_email").send_keys("browser@example.com")
+    browser.find_element(By.ID, "id_password1").send_keys("a-long-password-1")
+    browser.find_element(By.ID, "id_password2").send_keys("a-long-password-1")
+    browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    wait_for_url(browser, f"{live_server.url}/settings/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Settings"
+    assert "browser@example.com's workspace" in browser.page_source.replace("&#x27;", "'")
+    stylesheet_rules = browser.execute_script(
+        "const s = document.styleSheets[0]; try { return s.cssRules.length } catch (e) { return -1 }"
+    )
+    assert stylesheet_rules > 10, "site.css did not load"
+    shot = screenshot_dir(tmp_path) / "settings.png"
+    browser.save_screenshot(str(shot))
+    print(f"settings page screenshot: {shot}")
+
+    # Create a key: shown once, with a copy button.
+    browser.find_element(By.LINK_TEXT, "Manage API keys").click()
+    wait_for_url(browser, f"{live_server.url}/settings/api-keys/")
+    browser.find_element(By.ID, "id_name").send_keys("Browser key")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Create key']").click()
+    # The reveal page rewrites its own URL to the list (history.replaceState), so wait for its content.
+    key = browser.find_element(By.ID, "new-key").get_attribute("value")
+    assert KEY_RE.fullmatch(key)
+    assert "It will not be shown again" in browser.page_source
+    assert browser.page_source.count(key) == 1
+    browser.find_element(By.XPATH, "//button[normalize-space()='Copy']").click()
+    assert browser.find_element(By.ID, "copy-status").text != ""
+    shot_reveal = screenshot_dir(tmp_path) / "key-reveal.png"
+    browser.save_screenshot(str(shot_reveal))
+
+    # Reload: the history entry now points at the list, so no re-POST and no key.
+    assert browser.current_url == f"{live_server.url}/settings/api-keys/"  # history entry rewritten
+    browser.refresh()
+    wait_for_url(browser, f"{live_server.url}/settings/api-keys/")
+    assert key not in browser.page_source
+    assert KEY_RE.search(browser.page_source) is None
+    assert "Browser key" in browser.page_source and key[-4:] in browser.page_source
+    browser.set_window_size(390, 900)  # a phone: the table scrolls inside its card, the page does not
+    browser.save_screenshot(str(screenshot_dir(tmp_path) / "key-list-narrow.png"))
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    browser.set_window_size(1280, 1400)
+
+    # The key works on the API.
+    response = api_get(f"{live_server.api_base}/models", key)
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "list"
+
+    # Revoke with confirmation; the same call now gets 401.
+    revoke_link = browser.find_element(By.PARTIAL_LINK_TEXT, "Revoke")
+    revoke_url = revoke_link.get_attribute("href")
+    revoke_link.click()
+    wait_for_url(browser, revoke_url)
+    assert "Revoke “Browser key”?" in browser.find_element(By.TAG_NAME, "h1").text
+    browser.find_element(By.XPATH, "//button[normalize-space()='Revoke key']").click()
+    wait_for_url(browser, f"{live_server.url}/settings/api-keys/")
+    assert "Revoked" in browser.find_element(By.CSS_SELECTOR, ".badge--revoked").text
+
+    response = api_get(f"{live_server.api_base}/models", key)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_api_key"
