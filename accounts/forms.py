@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 
-from accounts.models import Membership, User
+from accounts.models import Membership, User, Workspace
 
 
 class SignupForm(forms.Form):
@@ -80,3 +80,9 @@ class AdminUserChangeForm(auth_forms.UserChangeForm):
     class Meta:
         model = User
         fields = "__all__"
+
+    def clean_current_workspace(self) -> Workspace | None:
+        workspace = self.cleaned_data.get("current_workspace")
+        if workspace is not None and not Membership.objects.filter(user=self.instance, workspace=workspace).exists():
+            raise forms.ValidationError("The current workspace must be one the user is a member of.")
+        return workspace

@@ -170,3 +170,29 @@ def test_workspace_search_by_member_email_and_plan_change_bumps_epoch(
     assert access.local_access_epoch() > epoch
     workspace.refresh_from_db()
     assert workspace.plan.slug == "pro"
+
+
+def test_admin_refuses_a_current_workspace_the_user_is_not_in(client, superuser: User, populated: dict) -> None:
+    client.force_login(superuser)
+    member = populated["member"]
+    foreign = Workspace.objects.get(name="root@example.com's workspace")
+    page = client.get(reverse("admin:accounts_user_change", args=[member.pk]))
+    data = {
+        key: value
+        for key, value in page.context["adminform"].form.initial.items()
+        if key in ("email", "name", "is_active", "date_joined")
+    }
+    data |= {
+        "current_workspace": foreign.pk,
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+    }
+
+    response = client.post(reverse("admin:accounts_user_change", args=[member.pk]), data)
+
+    assert response.status_code == 200
+    assert b"must be one the user is a member of" in response.content
+    member.refresh_from_db()
+    assert member.current_workspace != foreign

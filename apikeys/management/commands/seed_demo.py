@@ -31,7 +31,7 @@ class Command(BaseCommand):
         if seeded.password is not None:
             password_note = f"password: {seeded.password}"
         else:
-            password_note = "password unchanged (printed when the user was created)"
+            password_note = "password unchanged since it was first printed"
         issued = create_api_key(user=seeded.user, name="Demo key (seed_demo)")
         action = "Created" if seeded.created else "Reused"
         self.stdout.write(
