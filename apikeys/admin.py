@@ -40,7 +40,7 @@ class DeveloperKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "masked", "user", "status", "created_at", "last_used_at", "revoked_at", "expires_at"]
     list_filter = [KeyStatusFilter, "created_at", "last_used_at", "revoked_at"]
     search_fields = ["prefix", "user__email", "name"]
-    search_help_text = "Visible prefix (wmk_…), user email or key name. A full key pasted here is matched by its hash."
+    search_help_text = "Visible prefix (wmk_… as shown to the user), user email or key name."
     list_select_related = ["user"]
     exclude = ["key_hash"]
     readonly_fields = ["user", "masked", "prefix", "last4", "created_at", "last_used_at", "revoked_at"]
@@ -52,11 +52,9 @@ class DeveloperKeyAdmin(admin.ModelAdmin):
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         term = search_term.strip()
-        if keys.is_well_formed(term):
-            # A leaked key found somewhere: find its owner without storing or logging the key.
-            return queryset.filter(key_hash=keys.hash_key(term)), False
         if term.startswith(keys.KEY_PREFIX) and len(term) > keys.VISIBLE_PREFIX_LENGTH:
-            # "wmk_abc123…wxyz" as shown on the page: search by the visible prefix part.
+            # "wmk_abc123…wxyz" as the user's page shows it: search by the visible prefix part. (We do
+            # not offer look-up by full key: the search term lands in the URL and the access log.)
             search_term = term[: keys.VISIBLE_PREFIX_LENGTH]
         return super().get_search_results(request, queryset, search_term)
 
