@@ -14,7 +14,9 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import FormView, TemplateView
 
 from accounts import selectors, services
@@ -31,6 +33,8 @@ def _settings_context(user: User, **forms: Any) -> dict[str, Any]:
     }
 
 
+# Error reports (DEBUG pages, admin mails) must not show passwords or BYOK keys from the POST.
+@method_decorator(sensitive_post_parameters("password1", "password2"), name="dispatch")
 class SignupView(FormView):
     template_name = "registration/signup.html"
     form_class = SignupForm
@@ -164,6 +168,7 @@ class MemberRemoveView(WorkspaceMembershipMixin, View):
         return redirect("workspace-detail", workspace_id=workspace_id)
 
 
+@method_decorator(sensitive_post_parameters("key"), name="dispatch")
 class OpenRouterKeySaveView(LoginRequiredMixin, View):
     def post(self, request: HttpRequest) -> HttpResponse:
         form = OpenRouterKeyForm(request.POST)

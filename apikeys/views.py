@@ -8,6 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views import View
+from django.views.decorators.debug import sensitive_variables
 
 from apikeys import selectors, services
 from apikeys.forms import ApiKeyCreateForm
@@ -28,6 +29,7 @@ class ApiKeyCreateView(LoginRequiredMixin, View):
     def get(self, request: HttpRequest) -> HttpResponse:
         return redirect("apikey-list")
 
+    @sensitive_variables("issued", "response")
     def post(self, request: HttpRequest) -> HttpResponse:
         form = ApiKeyCreateForm(request.POST)
         if not form.is_valid():
