@@ -1,0 +1,93 @@
+"""What every case of the fault and abuse suite checks: the exact error shape, and the ledger afterwards."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import requests
+
+from billing.models import UsageEvent
+from billing.services import audit_daily_message_counts, rollup_daily_message_counts
+
+REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
+HELLO = [{"role": "user", "content": "Say hello"}]
+MODEL = "openai/gpt-5-mini"
+_LEAKS = ("Traceback", 'File "', "django.", "psycopg", "sqlite3", "sk-or-server-key")
+
+
+def chat(**fields: object) -> dict:
+    return {"model": MODEL, "messages": HELLO, **fields}
+
+
+def auth(key: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", **headers}
+
+
+def assert_openai_error(
+    response: requests.Response,
+    *,
+    status: int,
+    code: str | None,
+    error_type: str | None = None,
+    param: str | None = None,
+    message_contains: str = "",
+) -> dict:
+    """The response is OpenAI's error body with exactly these fields, a request id and no internals."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
+    assert REQUEST_ID.match(response.headers.get("x-request-id", "")), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert error["code"] == code, error
+    assert error["param"] == param, error
+    if error_type is not None:
+        assert error["type"] == error_type, error
+    assert message_contains in error["message"], error
+    for leak in _LEAKS:
+        assert leak not in response.text, f"{leak!r} leaked: {response.text}"
+    return error
+
+
+def settle_ledger(expected_events: int | None = None, timeout: float = 5.0) -> list[UsageEvent]:
+    """Wait for the ledger to stop changing (it is written after the response), then return its request lines."""
+    deadline = time.monotonic() + timeout
+    previous = -1
+    while True:
+        events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        done = len(events) == expected_events if expected_events is not None else len(events) == previous
+        if done or time.monotonic() > deadline:
+            if expected_events is not None:
+                assert len(events) == expected_events, [(e.status, e.endpoint) for e in events]
+            return events
+        previous = len(events)
+        time.sleep(0.1)
+
+
+def assert_nothing_recorded(fake_upstream, *, wait_seconds: float = 0.3) -> None:
+    """Rejected before the upstream: no call went out and no ledger line was written."""
+    time.sleep(wait_seconds)
+    assert fake_upstream.requests_to("/chat/completions") == []
+    assert UsageEvent.objects.count() == 0
+
+
+def assert_ledger_reconciles() -> None:
+    """daily_message_count, recomputed by the roll-up, equals the ledger for every day, today included."""
+    rollup_daily_message_counts()
+    audit = audit_daily_message_counts(include_today=True)
+    assert audit.ok, audit.mismatches
+
+
+def sse_events(raw: bytes) -> list[object]:
+    """The data payloads of an SSE body: JSON objects, or the string "[DONE]"."""
+    events: list[object] = []
+    for block in raw.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: "):
+                payload = line[len(b"data: ") :]
+                events.append("[DONE]" if payload == b"[DONE]" else json.loads(payload))
+    return events
