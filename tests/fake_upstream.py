@@ -893,7 +893,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0)
-    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument(
+        "--chunks", type=int, default=5, help="stream chunks (the reply is padded to have enough words)"
+    )
+    parser.add_argument("--reply-text", default=DEFAULT_REPLY)
     parser.add_argument("--processing-comment", action="store_true", help="send ': OPENROUTER PROCESSING' first")
     parser.add_argument("--always-send-usage", action="store_true", help="usage chunk on every stream (OpenRouter)")
     parser.add_argument("--record", action="store_true", help="keep every request in memory (grows without bound)")
@@ -909,7 +912,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover -- plain asyncio is fine, just slower
         pass
 
-    fake = FakeUpstream(port=args.port, latency_ms=args.latency_ms, record=args.record)
+    reply = args.reply_text
+    missing = args.chunks - len(reply.split())
+    if missing > 0:
+        reply += " and more" * missing
+    fake = FakeUpstream(port=args.port, latency_ms=args.latency_ms, record=args.record, reply_text=reply)
     fake.chunk_delay_ms = args.chunk_delay_ms
     fake.chunks = args.chunks
     fake.send_processing_comment = args.processing_comment
