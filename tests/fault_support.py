@@ -7,6 +7,7 @@ import re
 import time
 
 import requests
+from django.db import OperationalError
 
 from billing.models import UsageEvent
 from billing.services import audit_daily_message_counts, rollup_daily_message_counts
@@ -58,7 +59,12 @@ def settle_ledger(expected_events: int | None = None, timeout: float = 5.0) -> l
     deadline = time.monotonic() + timeout
     previous = -1
     while True:
-        events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        try:
+            events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        except OperationalError:
+            # SQLite's shared-cache test database refuses reads while the server's writer holds the table.
+            time.sleep(0.05)
+            continue
         done = len(events) == expected_events if expected_events is not None else len(events) == previous
         if done or time.monotonic() > deadline:
             if expected_events is not None:
