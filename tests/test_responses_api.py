@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
+import openai
 import pytest
+import requests
+from django.db import OperationalError
 
+from billing.models import UsageEvent
 from gateway.errors import ApiError
 from gateway.responses_api import ResponseEventStream, chat_request_from_responses, response_from_chat, sse_frame
 from tests.openapi_schemas import assert_conforms
+from tests.support import make_user
 
 # ---- request translation ------------------------------------------------------------------------
 
@@ -443,7 +449,7 @@ def test_a_length_stop_ends_with_response_incomplete() -> None:
     assert events[-2]["item"]["status"] == "incomplete"
 
 
-def test_an_upstream_failure_mid_stream_ends_with_response_failed() -> None:
+def test_fail_ends_the_stream_with_response_failed_keeping_the_partial_output() -> None:
     events = _stream([_chunk({"content": "Hel"})], end="fail")
 
     assert [e["type"] for e in events][-1] == "response.failed"
@@ -470,3 +476,250 @@ def test_events_are_framed_with_their_type_as_the_event_name() -> None:
 
     assert frame == b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
     assert json.loads(frame.split(b"data: ", 1)[1]) == {"type": "response.created", "sequence_number": 0}
+
+
+# ---- the endpoint, through the official SDK against a live server --------------------------------
+
+MODEL = "openai/gpt-5-mini"
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    "strict": True,
+}
+STREAM_TEXT_ORDER = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+# The live server reads the database from its own thread, so these tests commit; the seed comes back after.
+live = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+@pytest.fixture
+def caller():
+    return make_user("dev@example.com", plan="unlimited")
+
+
+@pytest.fixture
+def client(live_server, fake_upstream, caller):
+    return openai.OpenAI(base_url=live_server.v1_base, api_key=caller.key, max_retries=0, timeout=20)
+
+
+def ledger(caller, count: int) -> list[UsageEvent]:
+    """This test's ledger lines once `count` are there: they are written just after the response is sent."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            events = list(
+                UsageEvent.objects.filter(workspace_id=caller.workspace.pk, kind=UsageEvent.Kind.REQUEST).order_by("id")
+            )
+        except OperationalError:  # SQLite's shared in-memory database: the server's thread holds the table
+            events = []
+        if len(events) >= count or time.monotonic() > deadline:
+            assert len(events) == count, f"expected {count} usage events, found {len(events)}"
+            return events
+        time.sleep(0.02)
+
+
+def _raw_stream(live_server, caller, body: dict) -> str:
+    response = requests.post(
+        f"{live_server.api_base}/responses",
+        json={"model": MODEL, "stream": True, **body},
+        headers={"Authorization": f"Bearer {caller.key}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return response.text
+
+
+def _collapse_deltas(types: list[str]) -> list[str]:
+    return [t for i, t in enumerate(types) if not (t.endswith(".delta") and i and types[i - 1] == t)]
+
+
+@live
+def test_plain_response_has_output_text_usage_and_matches_the_spec(client, fake_upstream, caller):
+    raw = client.responses.with_raw_response.create(model=MODEL, input="Say hello", instructions="Be brief.")
+    response = raw.parse()
+
+    assert response.output_text == "Hello from the fake upstream."
+    assert response.status == "completed"
+    assert response.id.startswith("resp_")
+    assert response.usage.input_tokens == 12 and response.usage.output_tokens == 7
+    assert response.usage.input_tokens_details.cached_tokens == 4
+    assert_conforms("Response", json.loads(raw.http_response.text))
+    sent = fake_upstream.last_request.json
+    assert sent["model"] == MODEL
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    assert "input" not in sent and "instructions" not in sent
+    [event] = ledger(caller, 1)
+    assert event.endpoint == "responses" and event.status == "succeeded"
+    assert (event.prompt_tokens, event.completion_tokens, event.cached_tokens) == (12, 7, 4)
+    assert raw.http_response.headers["x-writingmate-messages-counted"] == "1"
+
+
+@live
+def test_streamed_response_sends_openais_event_sequence_without_done(client, live_server, fake_upstream, caller):
+    events = list(client.responses.create(model=MODEL, input="Say hello", stream=True))
+
+    types = [event.type for event in events]
+    assert _collapse_deltas(types) == STREAM_TEXT_ORDER
+    assert types.count("response.output_text.delta") > 1
+    numbers = [event.sequence_number for event in events]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    completed = events[-1].response
+    assert completed.output_text == "Hello from the fake upstream."
+    assert completed.usage.input_tokens == 12 and completed.usage.total_tokens == 19
+    assert fake_upstream.last_request.json["stream_options"] == {"include_usage": True}
+
+    body = _raw_stream(live_server, caller, {"input": "Say hello"})
+    assert "[DONE]" not in body
+    blocks = [b for b in body.split("\n\n") if b]
+    for block in blocks:
+        event_line, data_line = block.split("\n")
+        payload = json.loads(data_line.removeprefix("data: "))
+        assert event_line == f"event: {payload['type']}"
+        assert_conforms("ResponseStreamEvent", payload)
+    [first, second] = ledger(caller, 2)
+    assert first.status == second.status == "succeeded" and second.completion_tokens == 7
+
+
+@live
+def test_the_sdk_stream_helper_assembles_the_final_response(client, fake_upstream, caller):
+    with client.responses.stream(model=MODEL, input="Say hello") as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+
+    assert "".join(deltas) == final.output_text == "Hello from the fake upstream."
+    ledger(caller, 1)
+
+
+@live
+def test_function_tool_round_trip(client, live_server, fake_upstream, caller):
+    first = client.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER_TOOL])
+
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.id.startswith("fc_")
+    assert json.loads(call.arguments) == {"location": "Paris", "unit": "celsius"}
+    assert fake_upstream.last_request.json["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": WEATHER_TOOL["parameters"],
+                "strict": True,
+            },
+        }
+    ]
+
+    second = client.responses.create(
+        model=MODEL,
+        tools=[WEATHER_TOOL],
+        input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 18}'},
+        ],
+    )
+
+    assert second.output_text == 'The tool returned: {"temperature": 18}'
+    messages = fake_upstream.last_request.json["messages"]
+    assert messages[1]["tool_calls"][0]["id"] == call.call_id
+    assert messages[2] == {"role": "tool", "tool_call_id": call.call_id, "content": '{"temperature": 18}'}
+
+    body = _raw_stream(live_server, caller, {"input": "Weather in Paris?", "tools": [WEATHER_TOOL]})
+    payloads = [json.loads(b.split("data: ", 1)[1]) for b in body.split("\n\n") if b]
+    for payload in payloads:
+        assert_conforms("ResponseStreamEvent", payload)
+    assert _collapse_deltas([p["type"] for p in payloads]) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert payloads[-3]["arguments"] == '{"location": "Paris", "unit": "celsius"}'
+    ledger(caller, 3)
+
+
+@live
+def test_an_upstream_failure_mid_stream_ends_with_response_failed(client, fake_upstream, caller):
+    fake_upstream.fail_next("error_mid_stream")
+
+    events = list(client.responses.create(model=MODEL, input="Say hello", stream=True))
+
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "server_error"
+    assert "Provider disconnected" in events[-1].response.error.message
+    [event] = ledger(caller, 1)
+    assert event.status == "failed"
+
+
+@live
+def test_an_upstream_error_before_the_first_byte_is_an_http_error(client, fake_upstream, caller):
+    fake_upstream.fail_next("429")
+
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model=MODEL, input="Say hello", stream=True)
+    [event] = ledger(caller, 1)
+    assert event.status == "failed" and event.counted_messages == 0
+
+
+@live
+def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client, fake_upstream):
+    cases = [
+        ({}, "input"),
+        (
+            {"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"type": "banana"}]},
+            "input[2].type",
+        ),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        (
+            {"input": "x", "tools": [WEATHER_TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]},
+            "tools[1].type",
+        ),
+        ({"input": "x", "previous_response_id": "resp_abc"}, "previous_response_id"),
+        ({"input": "x", "background": True}, "background"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=MODEL, **extra)
+
+        assert raised.value.status_code == 400
+        assert raised.value.body["param"] == param
+        assert_conforms("Error", raised.value.body)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="openai/whisper-1", input="hi")  # a transcription model
+    assert fake_upstream.requests == []
+
+
+@live
+def test_the_demo_model_serves_responses_offline(live_server, caller, settings):
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.DEMO_STREAM_DELAY_SECONDS = 0
+    client = openai.OpenAI(base_url=live_server.v1_base, api_key=caller.key, max_retries=0, timeout=20)
+
+    echoed = client.responses.create(model="demo/echo", input="ping")
+    called = client.responses.create(
+        model="demo/assistant", input="Please call get_weather for Paris", tools=[WEATHER_TOOL]
+    )
+    streamed = list(client.responses.create(model="demo/echo", input="ping", stream=True))
+
+    assert echoed.output_text == "Echo: ping"
+    assert called.output[0].type == "function_call" and called.output[0].name == "get_weather"
+    assert streamed[-1].type == "response.completed" and streamed[-1].response.output_text == "Echo: ping"
+    assert [e.model for e in ledger(caller, 3)] == ["demo/echo", "demo/assistant", "demo/echo"]
