@@ -48,6 +48,8 @@ _COUNTER_GRACE_SECONDS = 6 * 3600
 # Namespace of the PostgreSQL advisory locks taken per workspace on the database path.
 _ADVISORY_LOCK_CLASS = 0x574D
 _REBUILD_CHUNK = 500
+_REDIS_ATTEMPTS = 3
+_REDIS_RETRY_BUDGET_SECONDS = 2.0
 
 # KEYS: (hash, in-flight zset) per counter. ARGV: mode, request id, reservation ttl ms,
 # reconcile interval ms, then (limit, expire-at ms) per counter.
@@ -73,7 +75,11 @@ for i = 1, n do
   local vals = redis.call('HMGET', h, 'total', 'checked')
   local used = tonumber(vals[1] or '0')
   local inflight = redis.call('ZCARD', z)
-  if used + inflight + 1 > limit then refused = true end
+  -- A retried reserve (its first reply lost) must not count its own earlier hold against itself.
+  local mine = 0
+  if redis.call('ZSCORE', z, rid) then mine = 1 end
+  if used + inflight - mine + 1 > limit then refused = true end
+  inflight = inflight - mine
   if now - tonumber(vals[2] or '0') > reconcile_ms then
     redis.call('HSET', h, 'checked', now)
     out[2] = 1
@@ -81,7 +87,11 @@ for i = 1, n do
   out[#out+1] = used
   out[#out+1] = inflight
 end
-if refused and mode == 'reserve' then out[1] = 1 return out end
+if refused and mode == 'reserve' then
+  for i = 1, n do redis.call('ZREM', KEYS[2*i], rid) end
+  out[1] = 1
+  return out
+end
 if mode == 'reserve' then
   for i = 1, n do
     local z = KEYS[2*i]
@@ -608,13 +618,20 @@ async def _check(
     """Admit (and hold one message) or refuse, on Redis when it is usable, else in the database."""
     client = async_redis()
     if client is not None and _redis_health.usable():
-        try:
-            admitted, figures = await _run_reserve_script(
-                client, mode="reserve" if reserve else "peek", request_id=request_id, scopes=scopes
-            )
-            return admitted, figures, BACKEND_REDIS
-        except Exception as exc:
-            _redis_health.failed(exc)
+        started = time.monotonic()
+        for attempt in range(_REDIS_ATTEMPTS):
+            try:
+                admitted, figures = await _run_reserve_script(
+                    client, mode="reserve" if reserve else "peek", request_id=request_id, scopes=scopes
+                )
+                return admitted, figures, BACKEND_REDIS
+            except Exception as exc:
+                # Processes that disagree on where limits live can together admit too much, so a
+                # slow connect under load is retried; only a Redis that stays away moves us to the database.
+                if attempt == _REDIS_ATTEMPTS - 1 or time.monotonic() - started > _REDIS_RETRY_BUDGET_SECONDS:
+                    _redis_health.failed(exc)
+                    break
+                await asyncio.sleep(0.05 * (attempt + 1))
     elif client is not None:
         logger.warning("quota: Redis still marked unavailable; using the database for %s", request_id)
     admitted, figures = await run_db(

@@ -1,0 +1,187 @@
+"""A daily limit of 10 against 50 concurrent chat requests through the live gateway: exactly 10 pass.
+
+Once with the gateway in this process, once with two uvicorn processes sharing PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections
+
+from accounts.models import Plan
+from billing import quotas
+from billing.models import DailyMessageCount, UsageEvent
+from billing.services import audit_daily_message_counts, rollup_daily_message_counts
+from tests.support import make_user
+from writingmate import db as api_db
+
+TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "Count me once."}]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.DEMO_STREAM_DELAY_SECONDS = 0
+    quotas.reset_quota_state()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_api_db_connections() -> Iterator[None]:
+    yield
+    executor = api_db._executor()
+    barrier = threading.Barrier(executor._max_workers)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait(timeout=5)
+
+    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
+        future.result(timeout=10)
+
+
+def limited_user(email: str):
+    plan = Plan.objects.create(slug="ten-e2e", name="Ten", daily_message_limit=10, allowed_model_tiers=["basic"])
+    return make_user(email, plan=plan.slug)
+
+
+async def fire(urls: list[str], key: str, count: int) -> list[tuple[int, dict, dict]]:
+    """`count` concurrent chat requests spread over `urls`: (status, headers, JSON body) each."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def one(i: int) -> tuple[int, dict, dict]:
+            async with session.post(f"{urls[i % len(urls)]}/chat/completions", json=CHAT, headers=headers) as response:
+                return response.status, dict(response.headers), await response.json()
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def wait_for_ledger(count: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while UsageEvent.objects.count() < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def check_outcomes(outcomes: list[tuple[int, dict, dict]], workspace_id: int) -> None:
+    statuses = [status for status, _, _ in outcomes]
+    assert (statuses.count(200), statuses.count(429)) == (10, 40), statuses
+    for status, headers, body in outcomes:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        if status == 200:
+            assert lowered["x-ratelimit-limit-messages"] == "10"
+            assert 0 <= int(lowered["x-ratelimit-remaining-messages"]) < 10
+            assert lowered["x-writingmate-messages-counted"] == "1"
+            continue
+        error = body["error"]
+        assert error["code"] == "daily_limit_exceeded"
+        assert "daily message limit of the Ten plan: 10 messages" in error["message"]
+        assert "resets at" in error["message"]
+        assert 0 < int(lowered["retry-after"]) <= 86400
+        assert lowered["x-should-retry"] == "false"
+
+    wait_for_ledger(10)
+    time.sleep(0.2)  # nothing more arrives
+    assert UsageEvent.objects.count() == 10
+    rollup_daily_message_counts()
+    assert DailyMessageCount.objects.get(workspace_id=workspace_id).count == 10
+    assert audit_daily_message_counts(include_today=True).ok
+
+
+@TRANSACTIONAL
+def test_fifty_concurrent_chats_through_the_gateway_admit_exactly_ten(live_server) -> None:
+    caller = limited_user("e2e-one@example.com")
+    outcomes = asyncio.run(fire([live_server.v1_base], caller.key, 50))
+    check_outcomes(outcomes, caller.user.current_workspace_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _database_url() -> str:
+    db = django_settings.DATABASES["default"]
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def two_gateways() -> Iterator[list[str]]:
+    """Two uvicorn processes on free ports, sharing this test's PostgreSQL database and Redis."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "writingmate.settings",
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": django_settings.REDIS_URL,
+        "DEMO_PROVIDER_ENABLED": "1",
+        "DEMO_STREAM_DELAY_SECONDS": "0",
+        "OPENROUTER_API_KEY": "",
+        "CELERY_TASK_ALWAYS_EAGER": "1",
+        "DEBUG": "1",
+    }
+    ports = [_free_port(), _free_port()]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "writingmate.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            + ["--log-level", "warning"],
+            env=env,
+            cwd=django_settings.BASE_DIR,
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"/tmp/b/gw-{port}.log", "w"),
+            text=True,
+        )
+        for port in ports
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        for port, process in zip(ports, processes, strict=True):
+            while True:
+                assert process.poll() is None
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "gateway did not start"
+                    time.sleep(0.1)
+        yield [f"http://127.0.0.1:{port}/v1" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+@TRANSACTIONAL
+def test_two_gateway_processes_together_admit_exactly_ten_of_fifty(two_gateways: list[str]) -> None:
+    caller = limited_user("e2e-two@example.com")
+    outcomes = asyncio.run(fire(two_gateways, caller.key, 50))
+    check_outcomes(outcomes, caller.user.current_workspace_id)
