@@ -27,6 +27,16 @@ from tests.support import make_user
 from writingmate import db as api_db
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "writingmate.asgi:application",
+    "--host",
+    "127.0.0.1",
+    "--log-level",
+    "warning",
+]
 CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "Count me once."}]}
 
 
@@ -136,17 +146,7 @@ def two_gateways() -> Iterator[list[str]]:
     ports = [_free_port(), _free_port()]
     processes = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "writingmate.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            + ["--log-level", "warning"],
+            [*UVICORN, "--port", str(port)],
             env=env,
             cwd=django_settings.BASE_DIR,
             stdout=subprocess.DEVNULL,
