@@ -184,11 +184,15 @@ async def resolve_grant(presented: str) -> KeyGrant:
         except Exception:
             logger.warning("could not cache a key grant in Redis", exc_info=True)
     grant = _check_not_expired(grant, presented)
-    try:
-        due = bool(await client.set(_LAST_USED_KEY + str(grant.key_id), b"1", nx=True, ex=LAST_USED_INTERVAL_SECONDS))
-    except Exception:
-        due = _local_cache.should_touch(grant.key_id)
-    await _touch_if_due(grant.key_id, due)
+    if _local_cache.should_touch(grant.key_id):
+        # Once a minute per process at most, and the NX key makes it once a minute across processes.
+        try:
+            due = bool(
+                await client.set(_LAST_USED_KEY + str(grant.key_id), b"1", nx=True, ex=LAST_USED_INTERVAL_SECONDS)
+            )
+        except Exception:
+            due = True
+        await _touch_if_due(grant.key_id, due)
     return grant
 
 
