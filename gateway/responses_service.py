@@ -30,6 +30,7 @@ from gateway.services import (
     CompletionStream,
     GatewayCall,
     admit,
+    observe_outcome,
     reserve,
     send_upstream,
     usage_record,
@@ -127,7 +128,8 @@ async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> 
             await stream.aclose()  # a stream the client abandoned stops here, and its status says so
         if relay is not None:
             await relay.aclose()
-        await finish_request(reservation=reservation, usage=record())
+        counted = await finish_request(reservation=reservation, usage=record())
+        observe_outcome(endpoint=ENDPOINT, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
         path=UPSTREAM_PATH, api_key=route.api_key, request_id=request_id, json_body=chat_body, stream=translation.stream
@@ -148,6 +150,7 @@ async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> 
             raise ValueError("not an object")
     except ValueError:
         outcome.status = "failed"
+        outcome.error_kind = "malformed"
         await finish()
         raise ApiError(
             "The upstream sent a response that is not JSON.",

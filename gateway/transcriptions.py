@@ -15,11 +15,11 @@ from typing import BinaryIO
 from django.conf import settings
 
 from apikeys.authentication import ApiCaller
-from billing.recording import count_for, finish_request
+from billing.recording import UsageRecord, count_for, finish_request
 from gateway.errors import ApiError, invalid_request
 from gateway.providers.base import UpstreamCall
 from gateway.routing import route_transcription
-from gateway.services import Completion, GatewayCall, admit, reserve, send_upstream, usage_record
+from gateway.services import Completion, GatewayCall, admit, observe_outcome, reserve, send_upstream, usage_record
 from gateway.streaming import CallOutcome
 
 ENDPOINT = "audio.transcriptions"  # as recorded in the ledger
@@ -176,8 +176,8 @@ async def create_transcription(
     reservation = await reserve(caller=caller, route=route, request_id=request_id)
     outcome = CallOutcome()
 
-    async def finish() -> None:
-        record = usage_record(
+    def record() -> UsageRecord:
+        return usage_record(
             caller=caller,
             route_byok=route.byok,
             model=model,
@@ -186,7 +186,10 @@ async def create_transcription(
             body={},
             outcome=outcome,
         )
-        await finish_request(reservation=reservation, usage=record)
+
+    async def finish() -> None:
+        counted = await finish_request(reservation=reservation, usage=record())
+        observe_outcome(endpoint=ENDPOINT, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
         path=UPSTREAM_PATH,
@@ -200,17 +203,5 @@ async def create_transcription(
     outcome.delivered.append(upstream.body)
     headers = reservation.budget.headers()
     headers["content-type"] = upstream.headers.get("content-type") or "application/json"
-    headers["x-writingmate-messages-counted"] = str(
-        count_for(
-            usage_record(
-                caller=caller,
-                route_byok=route.byok,
-                model=model,
-                endpoint=ENDPOINT,
-                request_id=request_id,
-                body={},
-                outcome=outcome,
-            )
-        )
-    )
+    headers["x-writingmate-messages-counted"] = str(count_for(record()))
     return GatewayCall(result=Completion(status=200, body=upstream.body, headers=headers), finish=finish)
