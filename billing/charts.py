@@ -28,6 +28,8 @@ class Bar:
     messages: int
     byok_messages: int
     label: str  # shown under every few bars
+    label_x: float
+    label_anchor: str
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,13 @@ def bar_chart(*, days: Sequence[DayUsage]) -> BarChart:
     for index, day in enumerate(days):
         height = plot_height * day.messages / top
         byok_height = plot_height * day.byok_messages / top
-        label = f"{day.day:%b} {day.day.day}" if index % 5 == 0 or index == len(days) - 1 else ""
+        last = index == len(days) - 1
+        label = f"{day.day:%b} {day.day.day}" if (index % 5 == 0 and index < len(days) - 3) or last else ""
+        x = _LEFT + index * slot + slot * 0.15
         bars.append(
             Bar(
                 day=day.day,
-                x=round(_LEFT + index * slot + slot * 0.15, 2),
+                x=round(x, 2),
                 width=round(slot * 0.7, 2),
                 y=round(plot_bottom - height, 2),
                 height=round(height, 2),
@@ -80,12 +84,13 @@ def bar_chart(*, days: Sequence[DayUsage]) -> BarChart:
                 messages=day.messages,
                 byok_messages=day.byok_messages,
                 label=label,
+                # The last label ends at its bar so that it is not cut off at the chart's edge.
+                label_x=round(x + slot * 0.7 if last else x, 2),
+                label_anchor="end" if last else "start",
             )
         )
-    gridlines = tuple(
-        Gridline(y=round(plot_bottom - plot_height * fraction, 2), value=round(top * fraction))
-        for fraction in (0, 0.5, 1)
-    )
+    values = (0, top // 2, top) if top % 2 == 0 else (0, top)
+    gridlines = tuple(Gridline(y=round(plot_bottom - plot_height * value / top, 2), value=value) for value in values)
     return BarChart(
         width=WIDTH,
         height=HEIGHT,
