@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import openai
@@ -667,6 +668,29 @@ def test_an_upstream_failure_mid_stream_ends_with_response_failed(client, fake_u
     assert "Provider disconnected" in events[-1].response.error.message
     [event] = ledger(caller, 1)
     assert event.status == "failed"
+
+
+@live
+def test_a_client_that_disconnects_mid_stream_cancels_the_upstream_and_is_billed_for_what_it_got(
+    live_server, fake_upstream, caller
+):
+    fake_upstream.chunk_delay_ms = 200
+    body = json.dumps({"model": MODEL, "input": "Say hello", "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {caller.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"event: response.output_text.delta") < 2:
+            received += sock.recv(65536)
+
+    cancelled = fake_upstream.wait_for_cancellation(timeout=5)
+    [event] = ledger(caller, 1)
+    assert event.status == "client_disconnected" and event.endpoint == "responses"
+    assert event.tokens_estimated and event.completion_tokens > 0 and event.prompt_tokens > 0
+    assert event.generation_id == cancelled.generation_id
 
 
 @live
