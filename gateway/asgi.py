@@ -15,17 +15,19 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import Resolver404, set_urlconf
+from django.urls.resolvers import RoutePattern
 
 from gateway import metrics
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
+from gateway.urls import api_patterns
 from writingmate.logs import bind_request_id, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 
@@ -34,8 +36,6 @@ logger = logging.getLogger(__name__)
 API_PREFIXES = ("/api/openai/v1/", "/v1/")
 _BODY_SPOOL_BYTES = 1024 * 1024
 
-Finalizer = Callable[[], Awaitable[None]]
-
 
 def is_api_path(path: str) -> bool:
     return path.startswith(API_PREFIXES) or path in ("/api/openai/v1", "/v1")
@@ -43,11 +43,6 @@ def is_api_path(path: str) -> bool:
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
-
-
-def add_finalizer(request: HttpRequest, finalizer: Finalizer) -> None:
-    """Run `finalizer` after the response is sent, or after the client disconnected."""
-    request.api_finalizers.append(finalizer)
 
 
 class _BodyTooLarge(Exception):
@@ -60,9 +55,24 @@ class ApiHandler(ASGIHandler):
         self._template_response_middleware = []
         self._exception_middleware = []
         self._middleware_chain = self._respond
+        self._exact_routes: dict[str, Callable] | None = None
+
+    def _exact_route(self, path: str) -> Callable | None:
+        """The view for a fixed /v1 path: a dict lookup instead of walking the URL resolver."""
+        if self._exact_routes is None:
+            self._exact_routes = {
+                prefix + str(pattern.pattern): pattern.callback
+                for prefix in API_PREFIXES
+                for pattern in api_patterns
+                if isinstance(pattern.pattern, RoutePattern) and not pattern.pattern.converters
+            }
+        return self._exact_routes.get(path)
 
     async def _respond(self, request: HttpRequest) -> HttpResponseBase:
         try:
+            view = self._exact_route(request.path_info)
+            if view is not None:
+                return await view(request)
             return await self._get_response_async(request)
         except (Http404, Resolver404):
             return error_response(

@@ -18,8 +18,8 @@ from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_re
 from apikeys.throttling import ensure_address_allowed, note_invalid_key
 from billing.quotas import current_budget
 from gateway import catalogue, responses_service, services, transcriptions
-from gateway.asgi import add_finalizer
 from gateway.errors import ApiError, error_response, from_drf_exception
+from gateway.finalizers import add_finalizer
 from gateway.streaming import sse_response
 from gateway.validation import parse_json_object
 
