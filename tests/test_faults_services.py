@@ -1,0 +1,242 @@
+"""Fault suite: Redis stopped and PostgreSQL restarted while a gateway process serves traffic.
+
+The gateway runs as its own uvicorn process and reaches PostgreSQL and Redis through TCP proxies the
+test can cut: a cut drops every open connection and refuses new ones, which is what a stopped or
+restarting server looks like to its clients. The shared services themselves are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+from accounts.models import Plan
+from tests.fault_support import assert_ledger_reconciles, assert_openai_error, auth, chat, settle_ledger
+from tests.support import make_user
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CuttableProxy:
+    """A loopback TCP proxy to `target_port` whose traffic can be cut and restored."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open.update((client, server))
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, destination: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                destination.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(source, destination)
+
+    def _drop(self, *sockets: socket.socket) -> None:
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+            with self._lock:
+                self._open.discard(sock)
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            sockets = list(self._open)
+        self._drop(*sockets)
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, port: int, process: subprocess.Popen) -> None:
+        self.port = port
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+    def chat(self, key: str) -> requests.Response:
+        return requests.post(f"{self.url}/v1/chat/completions", json=chat(), headers=auth(key), timeout=30)
+
+    def ready(self) -> requests.Response:
+        return requests.get(f"{self.url}/readyz", timeout=10)
+
+
+@pytest.fixture
+def proxies() -> Iterator[tuple[CuttableProxy, CuttableProxy]]:
+    database = CuttableProxy(int(connection.settings_dict.get("PORT") or 5432))
+    redis = CuttableProxy(urlparse(settings.REDIS_URL).port or 6379)
+    yield database, redis
+    database.close()
+    redis.close()
+
+
+@pytest.fixture
+def gateway(proxies, fake_upstream, transactional_db) -> Iterator[Gateway]:
+    database, redis = proxies
+    db = connection.settings_dict
+    redis_db = urlparse(settings.REDIS_URL).path or "/0"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "PYTHONPATH": str(REPO),
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@127.0.0.1:{database.port}/{db['NAME']}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis.port}{redis_db}",
+        "OPENROUTER_BASE_URL": fake_upstream.base_url,
+        "OPENROUTER_API_KEY": "sk-or-server-key",
+        "DEMO_PROVIDER_ENABLED": "0",
+        "BILLING_REDIS_RETRY_SECONDS": "0.5",
+        "BILLING_QUOTA_RECONCILE_SECONDS": "1",
+        "UPSTREAM_RETRY_BACKOFF_SECONDS": "0.01",
+        "READINESS_TIMEOUT_SECONDS": "1",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "writingmate.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    gateway = Gateway(port, process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(f"{gateway.url}/healthz", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.1)
+    yield gateway
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    # No request may die with an unhandled exception, whatever the services did.
+    assert "unhandled error" not in stderr, stderr[-4000:]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def test_redis_stopped_during_traffic_falls_back_without_losing_a_message_or_a_limit(gateway, proxies):
+    redis = proxies[1]
+    Plan.objects.create(slug="edge8", name="Edge 8", daily_message_limit=8, allowed_model_tiers=["basic"])
+    caller = make_user("redis-outage@example.com", plan="edge8")
+
+    before = [gateway.chat(caller.key) for _ in range(3)]
+    redis.cut()
+    during = [gateway.chat(caller.key) for _ in range(3)]
+    ready_during = gateway.ready()
+    redis.restore()
+    time.sleep(1.5)  # past BILLING_REDIS_RETRY_SECONDS: the gateway tries Redis again
+    after = [gateway.chat(caller.key) for _ in range(5)]
+    ready_after = gateway.ready()
+
+    assert [r.status_code for r in before + during] == [200] * 6
+    assert ready_during.status_code == 503 and ready_during.json()["checks"] == {
+        "database": "ok",
+        "redis": "unavailable",
+    }
+    assert ready_after.status_code == 200
+    # Two more fit under the limit of 8; the Redis counters that missed the outage must not let more in.
+    assert [r.status_code for r in after] == [200, 200, 429, 429, 429]
+    for response in after[2:]:
+        assert_openai_error(response, status=429, code="daily_limit_exceeded")
+    events = settle_ledger(8, timeout=10)
+    assert {e.status for e in events} == {"succeeded"}
+    assert_ledger_reconciles()
+
+
+def test_postgresql_restarting_during_traffic_loses_no_usage_event(gateway, proxies):
+    database = proxies[0]
+    caller = make_user("pg-restart@example.com", plan="unlimited")
+    assert gateway.chat(caller.key).status_code == 200  # the key's grant is now cached in Redis
+
+    database.cut()
+    during = [gateway.chat(caller.key) for _ in range(4)]
+    ready_during = gateway.ready()
+    time.sleep(1)
+    database.restore()
+    after = [gateway.chat(caller.key) for _ in range(3)]
+    ready_after = gateway.ready()
+
+    # Grants and quotas live in Redis, and the ledger write waits for the database in the background:
+    # clients notice nothing.
+    assert [r.status_code for r in during + after] == [200] * 7
+    assert ready_during.status_code == 503 and ready_during.json()["checks"]["database"] == "unavailable"
+    assert ready_after.status_code == 200
+    served = 1 + sum(r.status_code == 200 for r in during + after)
+    events = settle_ledger(served, timeout=30)
+    assert len({e.request_id for e in events}) == served
+    assert_ledger_reconciles()
