@@ -77,23 +77,6 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
-def static_files_served(settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve /static/ from templates/static on the live server.
-
-    WhiteNoise serves from the source directories only when DEBUG is on as its middleware is built,
-    and pytest-django turns DEBUG off for tests, so the site's CSS and JS (the copy button, the
-    history rewrite after the reveal) would be 404s. Swap in a site handler built with the finders on.
-    """
-    from django.core.asgi import get_asgi_application
-
-    from writingmate import asgi
-
-    settings.WHITENOISE_USE_FINDERS = True
-    settings.WHITENOISE_AUTOREFRESH = True
-    monkeypatch.setattr(asgi.application, "site_application", get_asgi_application())
-
-
 def wait_for_url(browser, url: str) -> None:
     """A click that submits a form returns before the next page has loaded: wait for it."""
     from selenium.webdriver.support import expected_conditions
@@ -115,9 +98,7 @@ def screenshot_dir(tmp_path: Path) -> Path:
     return target
 
 
-def test_sign_up_create_key_shown_once_use_it_then_revoke(
-    browser, static_files_served: None, live_server, tmp_path: Path
-) -> None:
+def test_sign_up_create_key_shown_once_use_it_then_revoke(browser, live_server, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     # Sign up.
