@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import requests
-from django.db import OperationalError
+from django.conf import settings
+from django.db import OperationalError, connection
 
 from billing.models import UsageEvent
 from billing.services import audit_daily_message_counts, rollup_daily_message_counts
@@ -97,3 +105,90 @@ def sse_events(raw: bytes) -> list[object]:
                 payload = line[len(b"data: ") :]
                 events.append("[DONE]" if payload == b"[DONE]" else json.loads(payload))
     return events
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    """A gateway started as its own uvicorn process (PostgreSQL only: it must share the test database)."""
+
+    def __init__(self, port: int, process: subprocess.Popen) -> None:
+        self.port = port
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+    def chat(self, key: str, **fields: object) -> requests.Response:
+        return requests.post(f"{self.url}/v1/chat/completions", json=chat(**fields), headers=auth(key), timeout=30)
+
+    def ready(self) -> requests.Response:
+        return requests.get(f"{self.url}/readyz", timeout=10)
+
+
+def gateway_env(*, database_url: str | None = None, redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process on this test session's database and Redis."""
+    db = connection.settings_dict
+    default_database = (
+        f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+    return {
+        **os.environ,
+        "DEBUG": "1",
+        "PYTHONPATH": str(REPO),
+        "DATABASE_URL": database_url or default_database,
+        "REDIS_URL": redis_url if redis_url is not None else settings.REDIS_URL,
+        "OPENROUTER_BASE_URL": settings.OPENROUTER_BASE_URL,
+        "OPENROUTER_API_KEY": settings.OPENROUTER_API_KEY,
+        "DEMO_PROVIDER_ENABLED": "0",
+        "UPSTREAM_RETRY_BACKOFF_SECONDS": "0.01",
+        **extra,
+    }
+
+
+@contextmanager
+def running_gateway(
+    env: dict[str, str], *, uvicorn_args: tuple[str, ...] = ("--log-level", "warning")
+) -> Iterator[GatewayProcess]:
+    """Start a gateway process, wait for /healthz, and stop it afterwards; fails if a request died unhandled."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "writingmate.asgi:application", "--port", str(port), *uvicorn_args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    gateway = GatewayProcess(port, process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(f"{gateway.url}/healthz", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.1)
+    try:
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr = process.stderr.read().decode()
+        with connection.cursor() as cursor:
+            # The process's connections would keep PostgreSQL from dropping the test database.
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+    assert "unhandled error" not in stderr, stderr[-4000:]

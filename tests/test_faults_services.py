@@ -7,28 +7,28 @@ restarting server looks like to its clients. The shared services themselves are 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import requests
 from django.conf import settings
 from django.db import connection
 
 from accounts.models import Plan
-from tests.fault_support import assert_ledger_reconciles, assert_openai_error, auth, chat, settle_ledger
+from tests.fault_support import (
+    GatewayProcess,
+    assert_ledger_reconciles,
+    assert_openai_error,
+    gateway_env,
+    running_gateway,
+    settle_ledger,
+)
 from tests.support import make_user
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class CuttableProxy:
@@ -99,25 +99,6 @@ class CuttableProxy:
         self.cut()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Gateway:
-    def __init__(self, port: int, process: subprocess.Popen) -> None:
-        self.port = port
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-
-    def chat(self, key: str) -> requests.Response:
-        return requests.post(f"{self.url}/v1/chat/completions", json=chat(), headers=auth(key), timeout=30)
-
-    def ready(self) -> requests.Response:
-        return requests.get(f"{self.url}/readyz", timeout=10)
-
-
 @pytest.fixture
 def proxies() -> Iterator[tuple[CuttableProxy, CuttableProxy]]:
     database = CuttableProxy(int(connection.settings_dict.get("PORT") or 5432))
@@ -128,65 +109,18 @@ def proxies() -> Iterator[tuple[CuttableProxy, CuttableProxy]]:
 
 
 @pytest.fixture
-def gateway(proxies, fake_upstream, transactional_db) -> Iterator[Gateway]:
+def gateway(proxies, fake_upstream, transactional_db) -> Iterator[GatewayProcess]:
     database, redis = proxies
     db = connection.settings_dict
-    redis_db = urlparse(settings.REDIS_URL).path or "/0"
-    port = free_port()
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        "PYTHONPATH": str(REPO),
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@127.0.0.1:{database.port}/{db['NAME']}",
-        "REDIS_URL": f"redis://127.0.0.1:{redis.port}{redis_db}",
-        "OPENROUTER_BASE_URL": fake_upstream.base_url,
-        "OPENROUTER_API_KEY": "sk-or-server-key",
-        "DEMO_PROVIDER_ENABLED": "0",
-        "BILLING_REDIS_RETRY_SECONDS": "0.5",
-        "BILLING_QUOTA_RECONCILE_SECONDS": "1",
-        "UPSTREAM_RETRY_BACKOFF_SECONDS": "0.01",
-        "READINESS_TIMEOUT_SECONDS": "1",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "writingmate.asgi:application",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    env = gateway_env(
+        database_url=f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@127.0.0.1:{database.port}/{db['NAME']}",
+        redis_url=f"redis://127.0.0.1:{redis.port}{urlparse(settings.REDIS_URL).path or '/0'}",
+        BILLING_REDIS_RETRY_SECONDS="0.5",
+        BILLING_QUOTA_RECONCILE_SECONDS="1",
+        READINESS_TIMEOUT_SECONDS="1",
     )
-    gateway = Gateway(port, process)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(f"{gateway.url}/healthz", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
-    yield gateway
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    stderr = process.stderr.read().decode()
-    # No request may die with an unhandled exception, whatever the services did.
-    assert "unhandled error" not in stderr, stderr[-4000:]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    with running_gateway(env) as gateway:
+        yield gateway
 
 
 def test_redis_stopped_during_traffic_falls_back_without_losing_a_message_or_a_limit(gateway, proxies):
