@@ -21,7 +21,7 @@ from accounts.models import User
 from apikeys import keys
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
 from writingmate.db import run_db
-from writingmate.redis_connection import async_redis
+from writingmate.redis_connection import fast_redis
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ async def _touch_if_due(key_id: int, due: bool) -> None:
 
 async def resolve_grant(presented: str) -> KeyGrant:
     key_hash = keys.hash_key(presented)
-    client = async_redis()
+    client = fast_redis()
     if client is None:
         hit, grant = _local_cache.get(key_hash)
         if not hit:

@@ -1,0 +1,179 @@
+"""A small asyncio Redis client for the few commands on every /v1 request.
+
+redis-py's asyncio client costs ~200 us of CPU per command here (pool, retries, event hooks);
+this one writes each command straight to one connection per event loop and matches replies to
+callers in order, so concurrent requests pipeline for free: ~30-60 us per command (measured in
+docs/benchmarks.md). It speaks RESP2 and nothing more. Any error, or a reply that does not arrive
+within the timeout, closes the connection (failing whatever waits on it), so replies never pair
+with the wrong caller; the next command reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from urllib.parse import unquote, urlparse
+
+
+class RedisUnavailable(ConnectionError):
+    pass
+
+
+class RedisReplyError(Exception):
+    """Redis answered with an error reply (e.g. NOSCRIPT, WRONGTYPE)."""
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _encode(args: tuple[bytes | str | int | float, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _parse(buffer: bytes, pos: int) -> tuple[object, int]:
+    """One RESP2 value starting at `pos`, and the position after it; _Incomplete if it has not all arrived."""
+    end = buffer.find(b"\r\n", pos)
+    if end == -1:
+        raise _Incomplete
+    kind, line = buffer[pos : pos + 1], buffer[pos + 1 : end]
+    pos = end + 2
+    if kind == b"$":
+        length = int(line)
+        if length == -1:
+            return None, pos
+        if len(buffer) < pos + length + 2:
+            raise _Incomplete
+        return buffer[pos : pos + length], pos + length + 2
+    if kind == b":":
+        return int(line), pos
+    if kind == b"+":
+        return line.decode(), pos
+    if kind == b"-":
+        return RedisReplyError(line.decode(errors="replace")), pos
+    if kind == b"*":
+        count = int(line)
+        if count == -1:
+            return None, pos
+        items = []
+        for _ in range(count):
+            item, pos = _parse(buffer, pos)
+            items.append(item)
+        return items, pos
+    raise RedisReplyError(f"unexpected reply type {kind!r}")
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future] = deque()
+        self.buffer = b""
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        pos = 0
+        while self.waiting:
+            try:
+                reply, pos = _parse(self.buffer, pos)
+            except _Incomplete:
+                break
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                if isinstance(reply, RedisReplyError):
+                    waiter.set_exception(reply)
+                else:
+                    waiter.set_result(reply)
+        self.buffer = self.buffer[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisUnavailable(f"Redis connection lost: {exc}"))
+
+    def fail(self, exc: Exception) -> None:
+        self.closed = True
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, payload: bytes) -> asyncio.Future:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        self.transport.write(payload)
+        return waiter
+
+
+class FastRedis:
+    def __init__(self, url: str, *, timeout_seconds: float) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", ""):
+            raise ValueError(f"FastRedis speaks plain redis:// only, not {parsed.scheme}://")
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 6379
+        self.username = unquote(parsed.username) if parsed.username else None
+        self.password = unquote(parsed.password) if parsed.password else None
+        self.db = int(parsed.path.lstrip("/") or 0)
+        self.timeout_seconds = timeout_seconds
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None and not self._connection.closed:
+                return self._connection
+            try:
+                _, connection = await asyncio.wait_for(
+                    loop.create_connection(_Connection, self.host, self.port), self.timeout_seconds
+                )
+            except (OSError, TimeoutError) as exc:
+                raise RedisUnavailable(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
+            setup = []
+            if self.password is not None:
+                setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+            if self.db:
+                setup.append(("SELECT", self.db))
+            for command in setup:
+                await self._await(connection, connection.send(_encode(command)))
+            self._connection = connection
+            return connection
+
+    async def _await(self, connection: _Connection, waiter: asyncio.Future) -> object:
+        try:
+            return await asyncio.wait_for(waiter, self.timeout_seconds)
+        except TimeoutError:
+            connection.fail(RedisUnavailable("Redis did not answer in time"))
+            raise RedisUnavailable("Redis did not answer in time") from None
+
+    async def execute(self, *args: bytes | str | int | float) -> object:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        return await self._await(connection, connection.send(_encode(args)))
+
+    async def mget(self, *keys: str) -> list[bytes | None]:
+        return await self.execute("MGET", *keys)  # type: ignore[return-value]
+
+    async def set(self, key: str, value: bytes | str, *, ex: int | None = None, nx: bool = False) -> bool:
+        args: list[bytes | str | int] = ["SET", key, value]
+        if ex is not None:
+            args += ["EX", ex]
+        if nx:
+            args.append("NX")
+        return await self.execute(*args) == "OK"
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.fail(RedisUnavailable("client closed"))
+            self._connection = None
