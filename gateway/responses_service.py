@@ -158,6 +158,13 @@ async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> 
             error_type="server_error",
             code="upstream_malformed_response",
         ) from None
+    if completion.get("error") and not completion.get("choices"):
+        # OpenRouter can answer 200 with only an error body when the provider failed after admission.
+        outcome.status = "failed"
+        outcome.error_kind = "status_5xx"
+        await finish()
+        message = _failure_message(completion) or "The upstream failed."
+        raise ApiError(f"The upstream failed: {message}", status=502, error_type="server_error", code="upstream_error")
     outcome.usage = completion.get("usage")
     outcome.generation_id = str(completion.get("id") or "")
     outcome.delivered.append(upstream.body)

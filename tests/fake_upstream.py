@@ -59,6 +59,7 @@ FAILURE_KINDS = frozenset(
         "drop_mid_stream",
         "error_mid_stream",
         "absurd_usage",
+        "error_body_200",
     }
 )
 # Which POST endpoints a failure applies to unless `endpoint=` says otherwise.
@@ -441,6 +442,10 @@ class FakeUpstream:
         if kind == "timeout_before_headers":
             await asyncio.sleep(self.hang_seconds)
             return self._error_response(504)
+        if kind == "error_body_200":
+            # OpenRouter's answer when the provider fails after the request was accepted: 200, no choices.
+            error = {"message": "Provider returned error", "code": 502, "metadata": {"provider_name": "FakeProvider"}}
+            return web.json_response({"error": error})
         return None
 
     # ---- generating endpoints -------------------------------------------------------------------

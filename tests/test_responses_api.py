@@ -704,6 +704,18 @@ def test_an_upstream_error_before_the_first_byte_is_an_http_error(client, fake_u
 
 
 @live
+def test_an_error_body_with_status_200_is_a_502(client, fake_upstream, caller):
+    fake_upstream.fail_next("error_body_200")
+
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.responses.create(model=MODEL, input="Say hello")
+
+    assert raised.value.status_code == 502 and "Provider returned error" in raised.value.message
+    [event] = ledger(caller, 1)
+    assert event.status == "failed" and event.counted_messages == 0
+
+
+@live
 def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client, fake_upstream):
     cases = [
         ({}, "input"),
