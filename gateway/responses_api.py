@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ _MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = ("input_text", "output_text")
 _MIN_OUTPUT_TOKENS = 16  # OpenAI's own lower bound for max_output_tokens
 _MAX_METADATA_KEYS = 16
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Passed to the chat upstream unchanged when present: the two APIs spell them the same way.
 _FORWARDED_PARAMS = ("temperature", "top_p", "user", "safety_identifier", "prompt_cache_key")
 
@@ -253,6 +255,12 @@ def _tools(body: dict) -> tuple[list[dict], list[dict]]:
                 code="unsupported_tool_type",
             )
         name = _string(tool.get("name"), f"{param}.name")
+        if not _TOOL_NAME.match(name):
+            raise invalid_request(
+                f"Invalid '{param}.name': it must be 1-64 characters of a-z, A-Z, 0-9, underscores and dashes.",
+                param=f"{param}.name",
+                code="invalid_value",
+            )
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise _type_error(f"{param}.parameters", "an object (a JSON Schema)", parameters)

@@ -194,6 +194,7 @@ def test_tool_choice_and_parallel_calls_are_not_sent_without_tools() -> None:
         ({"input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}, "tools[1].type"),
         ({"input": "x", "tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type"),
         ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "x", "tools": [{"type": "function", "name": "get weather"}]}, "tools[0].name"),
         ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice.type"),
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "previous_response_id": "resp_123"}, "previous_response_id"),
