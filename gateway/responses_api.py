@@ -529,6 +529,24 @@ def _function_call_item(*, call_id: str, name: str, arguments: str, status: str,
     }
 
 
+def _reasoning_item(*, item_id: str, text: str, status: str) -> dict:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if text else [],
+    }
+
+
+def _reasoning_text(message: dict) -> str:
+    """The model's visible reasoning: OpenRouter calls it `reasoning`, some upstreams `reasoning_content`."""
+    for key in ("reasoning", "reasoning_content"):
+        if isinstance(message.get(key), str) and message[key]:
+            return message[key]
+    return ""
+
+
 def _outcome_of(finish_reason: object) -> tuple[str, dict | None]:
     """(Response status, incomplete_details) for a chat finish_reason."""
     if finish_reason == "length":
@@ -584,6 +602,9 @@ def response_from_chat(
         error = {"code": "server_error", "message": "The upstream model stopped with an error."}
 
     output: list[dict] = []
+    reasoning = _reasoning_text(message)
+    if reasoning:
+        output.append(_reasoning_item(item_id=_new_item_id("rs"), text=reasoning, status=item_status))
     text, refusal = message.get("content"), message.get("refusal")
     tool_calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     content: list[dict] = []
@@ -651,6 +672,13 @@ class _OpenMessage:
 
 
 @dataclass
+class _OpenReasoning:
+    item_id: str
+    output_index: int
+    text: str = ""
+
+
+@dataclass
 class _OpenCall:
     item_id: str
     output_index: int
@@ -673,6 +701,7 @@ class ResponseEventStream:
         self.echo = echo
         self._sequence = 0
         self._output: list[dict] = []  # finished items, and placeholders for open ones, by output_index
+        self._reasoning: _OpenReasoning | None = None
         self._message: _OpenMessage | None = None
         self._calls: dict[int, _OpenCall] = {}  # by the chat tool call's index
         self._finish_reason: object = None
@@ -703,18 +732,56 @@ class ResponseEventStream:
             self._event("response.in_progress", response=self._response("in_progress")),
         ]
 
+    # -- reasoning items --
+
+    def _reasoning_delta(self, delta: str) -> list[dict]:
+        events: list[dict] = []
+        reasoning = self._reasoning
+        if reasoning is None:
+            events.extend(self._close_message("completed"))
+            reasoning = _OpenReasoning(item_id=_new_item_id("rs"), output_index=len(self._output))
+            self._reasoning = reasoning
+            item = _reasoning_item(item_id=reasoning.item_id, text="", status="in_progress")
+            self._output.append(item)
+            where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "content_index": 0}
+            events.append(
+                self._event("response.output_item.added", output_index=reasoning.output_index, item=copy.deepcopy(item))
+            )
+            events.append(
+                self._event("response.content_part.added", **where, part={"type": "reasoning_text", "text": ""})
+            )
+        reasoning.text += delta
+        where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "content_index": 0}
+        events.append(self._event("response.reasoning_text.delta", **where, delta=delta))
+        return events
+
+    def _close_reasoning(self, status: str) -> list[dict]:
+        reasoning, self._reasoning = self._reasoning, None
+        if reasoning is None:
+            return []
+        where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "content_index": 0}
+        item = _reasoning_item(item_id=reasoning.item_id, text=reasoning.text, status=status)
+        self._output[reasoning.output_index] = item
+        return [
+            self._event("response.reasoning_text.done", **where, text=reasoning.text),
+            self._event("response.content_part.done", **where, part={"type": "reasoning_text", "text": reasoning.text}),
+            self._event("response.output_item.done", output_index=reasoning.output_index, item=copy.deepcopy(item)),
+        ]
+
     # -- message items --
 
     def _open_message(self) -> tuple[_OpenMessage, list[dict]]:
         if self._message is not None:
             return self._message, []
+        events = self._close_reasoning("completed")  # the reasoning is over once the answer starts
         message = _OpenMessage(item_id=_new_item_id("msg"), output_index=len(self._output))
         item = {"id": message.item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
         self._output.append(item)
         self._message = message
-        return message, [
+        events.append(
             self._event("response.output_item.added", output_index=message.output_index, item=copy.deepcopy(item))
-        ]
+        )
+        return message, events
 
     def _message_delta(self, kind: str, delta: str) -> list[dict]:
         message, events = self._open_message()
@@ -777,6 +844,7 @@ class ResponseEventStream:
         call = self._calls.get(index)
         if call is None:
             # A call after text: the text is finished (OpenAI closes the message before the call).
+            events.extend(self._close_reasoning("completed"))
             events.extend(self._close_message("completed"))
             call = _OpenCall(
                 item_id=_new_item_id("fc"),
@@ -845,6 +913,9 @@ class ResponseEventStream:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # Responses has one output; we never ask for n > 1
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            reasoning = _reasoning_text(delta)
+            if reasoning:
+                events.extend(self._reasoning_delta(reasoning))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.extend(self._message_delta("output_text", delta["content"]))
             if isinstance(delta.get("refusal"), str) and delta["refusal"]:
@@ -864,8 +935,8 @@ class ResponseEventStream:
             return self.fail("The upstream closed the stream before it finished.")
         status, incomplete = _outcome_of(self._finish_reason)
         item_status = "incomplete" if status == "incomplete" else "completed"
-        events = []
-        if self._message is None and not self._calls and not self._output:
+        events = self._close_reasoning(item_status)
+        if self._message is None and not any(item["type"] != "reasoning" for item in self._output):
             events.extend(self._open_message()[1])
             events.extend(self._message_delta_empty())
         events.extend(self._close_message(item_status))
@@ -900,6 +971,10 @@ class ResponseEventStream:
         if self.ended:
             return []
         self.ended = True
+        if self._reasoning is not None:
+            self._output[self._reasoning.output_index] = _reasoning_item(
+                item_id=self._reasoning.item_id, text=self._reasoning.text, status="incomplete"
+            )
         if self._message is not None:
             item = self._output[self._message.output_index]
             item["status"] = "incomplete"
@@ -912,6 +987,6 @@ class ResponseEventStream:
                 arguments=call.arguments,
                 status="incomplete",
             )
-        self._message, self._calls = None, {}
+        self._reasoning, self._message, self._calls = None, None, {}
         response = self._response("failed", usage=response_usage(self._usage), error={"code": code, "message": message})
         return [self._event("response.failed", response=response)]

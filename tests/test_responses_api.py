@@ -443,6 +443,41 @@ def test_tool_call_chunks_become_function_call_events() -> None:
     assert output[1]["call_id"] == "call_a" and output[2]["call_id"] == "call_b"
 
 
+def test_visible_reasoning_becomes_a_reasoning_item_before_the_message() -> None:
+    events = _stream(
+        [
+            _chunk({"role": "assistant", "content": "", "reasoning": "Thinking"}),
+            _chunk({"reasoning": " hard."}),
+            _chunk({"content": "Hi"}),
+            _chunk({}, "stop"),
+        ]
+    )
+
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        *TEXT_SEQUENCE[2:4],
+        "response.output_text.delta",
+        *TEXT_SEQUENCE[6:],
+    ]
+    reasoning, message = events[-1]["response"]["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["content"] == [
+        {"type": "reasoning_text", "text": "Thinking hard."}
+    ]
+    assert message["content"][0]["text"] == "Hi"
+
+    whole = _response(_completion({"role": "assistant", "content": "Hi", "reasoning": "Thinking hard."}))
+    assert_conforms("Response", whole)
+    assert [item["type"] for item in whole["output"]] == ["reasoning", "message"]
+
+
 def test_a_length_stop_ends_with_response_incomplete() -> None:
     events = _stream([_chunk({"content": "Hel"}), _chunk({}, "length")])
 
