@@ -7,13 +7,16 @@ turned into Responses events, so a client that disconnects is billed exactly as 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 
 from apikeys.authentication import ApiCaller
+from billing.idempotency import Replay, abandon_idempotent, complete_idempotent
 from billing.recording import UsageRecord, count_for, finish_request
 from gateway import validation
+from gateway.catalogue import CatalogueEntry
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.responses_api import (
@@ -24,13 +27,15 @@ from gateway.responses_api import (
     response_from_chat,
     sse_frame,
 )
-from gateway.routing import route_chat
+from gateway.routing import Route, route_chat
 from gateway.services import (
     Completion,
     CompletionStream,
     GatewayCall,
     admit,
+    claim_idempotency,
     observe_outcome,
+    replayed,
     reserve,
     send_upstream,
     usage_record,
@@ -95,7 +100,10 @@ def _translate(body: dict) -> ChatTranslation:
     return translation
 
 
-async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> GatewayCall:
+async def create_response(
+    *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes = b"", idempotency_key: str | None = None
+) -> GatewayCall:
+    """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed."""
     translations: list[ChatTranslation] = []
     # admit() runs the check between the model and catalogue checks, as on the chat path.
     model, entry = await admit(
@@ -103,6 +111,35 @@ async def create_response(*, caller: ApiCaller, body: dict, request_id: str) -> 
     )
     translation = translations[0]
     route = route_chat(entry=entry, caller=caller)
+    if idempotency_key is None or translation.stream:
+        return await _respond(
+            caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
+        )
+    claim = await claim_idempotency(caller=caller, idempotency_key=idempotency_key, raw_body=raw_body)
+    if isinstance(claim, Replay):
+        return replayed(claim)
+    try:
+        call = await _respond(
+            caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
+        )
+    except BaseException:
+        await asyncio.shield(abandon_idempotent(claim))
+        raise
+    result = call.result
+    assert isinstance(result, Completion)  # only non-streaming requests are made idempotent
+    await complete_idempotent(claim, status=result.status, headers=result.headers, body=result.body)
+    return call
+
+
+async def _respond(
+    *,
+    caller: ApiCaller,
+    translation: ChatTranslation,
+    model: str,
+    entry: CatalogueEntry,
+    route: Route,
+    request_id: str,
+) -> GatewayCall:
     reservation = await reserve(caller=caller, route=route, request_id=request_id)
 
     chat_body = {**translation.chat_body, "model": entry.upstream_name}

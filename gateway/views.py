@@ -143,7 +143,13 @@ async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
 @api_endpoint(method="POST", name="responses")
 async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     body = _json_body(request)
-    call = await responses_service.create_response(caller=caller, body=body, request_id=request.request_id)
+    call = await responses_service.create_response(
+        caller=caller,
+        body=body,
+        request_id=request.request_id,
+        raw_body=request.body,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
     return _respond(request, call)
 
 

@@ -693,6 +693,20 @@ def test_function_tool_round_trip(client, live_server, fake_upstream, caller):
 
 
 @live
+def test_a_repeated_request_with_an_idempotency_key_is_replayed_without_a_second_charge(client, fake_upstream, caller):
+    key = {"Idempotency-Key": "order-42"}
+    first = client.responses.with_raw_response.create(model=MODEL, input="Say hello", extra_headers=key)
+    again = client.responses.with_raw_response.create(model=MODEL, input="Say hello", extra_headers=key)
+
+    assert again.http_response.headers["idempotent-replayed"] == "true"
+    assert again.parse().id == first.parse().id
+    assert len(fake_upstream.requests_to("/chat/completions")) == 1
+    with pytest.raises(openai.ConflictError):
+        client.responses.create(model=MODEL, input="Something else", extra_headers=key)
+    ledger(caller, 1)
+
+
+@live
 def test_an_upstream_failure_mid_stream_ends_with_response_failed(client, fake_upstream, caller):
     fake_upstream.fail_next("error_mid_stream")
 
