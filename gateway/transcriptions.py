@@ -38,7 +38,15 @@ AUDIO_TYPES = {
     "webm": "audio/webm",
 }
 _SNIFF_BYTES = 12
-_FORWARDED_FIELDS = ("language", "prompt", "response_format", "temperature", "timestamp_granularities[]")
+_FORWARDED_FIELDS = (
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+    "timestamp_granularities[]",
+    "include[]",
+    "chunking_strategy",
+)
 
 
 @dataclass(frozen=True)

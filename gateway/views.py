@@ -180,6 +180,8 @@ async def audio_transcriptions(request: HttpRequest, caller: ApiCaller) -> HttpR
         )
     # Django spools big files to disk while it parses; that file I/O stays off the event loop.
     fields, upload = await asyncio.to_thread(_parse_multipart, request)
+    if fields.get("model"):
+        request.api_model = fields["model"][-1]
     call = await transcriptions.create_transcription(
         caller=caller, fields=fields, upload=upload, request_id=request.request_id
     )

@@ -114,8 +114,9 @@ def test_token_usage_maps_to_prompt_and_completion_and_anything_else_to_zero() -
 def test_every_response_format_is_relayed_and_billed(client, fake_upstream, caller):
     wav = make_wav()
     for index, response_format in enumerate(FORMATS):
+        extra = {"timestamp_granularities": ["word", "segment"]} if response_format == "verbose_json" else {}
         raw = client.audio.transcriptions.with_raw_response.create(
-            model=MODEL, file=("speech.wav", wav, "audio/wav"), response_format=response_format, language="en"
+            model=MODEL, file=("speech.wav", wav, "audio/wav"), response_format=response_format, language="en", **extra
         )
         result = raw.parse()
 
@@ -134,6 +135,8 @@ def test_every_response_format_is_relayed_and_billed(client, fake_upstream, call
         assert sent.form["model"] == "whisper-1"
         assert sent.form["response_format"] == response_format
         assert sent.form["language"] == "en"
+        if extra:
+            assert sent.form["timestamp_granularities[]"] == ["word", "segment"]
         assert sent.form["file"] == {"filename": "speech.wav", "content_type": "audio/wav", "size": len(wav)}
         event = ledger(caller, index + 1)[-1]
         assert event.endpoint == "audio.transcriptions" and event.status == "succeeded"
