@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import Count, IntegerField, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.access import WorkspaceAccess
+from accounts.models import Workspace
 from billing.models import QuotaReservation, UsageEvent
 from writingmate.db import run_db
 from writingmate.redis_connection import async_redis, sync_redis
@@ -401,9 +403,10 @@ _redis_health = _RedisHealth()
 
 
 def reset_quota_state() -> None:
-    """Forget the circuit breaker (tests)."""
+    """Forget the circuit breaker and local holds (tests)."""
     global _redis_health
     _redis_health = _RedisHealth()
+    _local_holds.holds.clear()
 
 
 # ---- the ledger side: used messages, rebuild data, database reservations -----------------------
@@ -434,16 +437,43 @@ def ledger_lines_for(counter: Counter) -> list[tuple[str, int, str]]:
 
 
 def _rebuild_payload(counter: Counter) -> tuple[list[tuple[str, int, str]], list[tuple[str, int]]]:
+    # Holds first, then the ledger: a request finishing in between shows up in both and is counted
+    # once, as used. The other order could miss it in both.
     now = timezone.now()
+    holds = list(_counter_reservations(counter, now).values_list("request_id", "expires_at"))
+    lines = ledger_lines_for(counter)
+    finished = {request_id for _field, _messages, request_id in lines}
     reservations = [
         (request_id, int(expires_at.timestamp() * 1000))
-        for request_id, expires_at in _counter_reservations(counter, now).values_list("request_id", "expires_at")
+        for request_id, expires_at in holds
+        if request_id not in finished
     ]
-    return ledger_lines_for(counter), reservations
+    return lines, reservations
 
 
-def _used_messages(counter: Counter) -> int:
-    return _counter_events(counter).aggregate(total=Sum("counted_messages"))["total"] or 0
+def _figures_at_once(counters: Sequence[Counter], *, workspace_id: int, request_id: str) -> dict[str, tuple[int, int]]:
+    """{counter key: (used, in flight)} read in ONE statement, so one snapshot.
+
+    Separate queries under READ COMMITTED could read the ledger before a request's line commits and
+    the holds after its reservation is deleted, missing it in both: one admission too many.
+    """
+    now = timezone.now()
+    annotations = {}
+    for index, counter in enumerate(counters):
+        used = _counter_events(counter).order_by().values("workspace_id").annotate(total=Sum("counted_messages"))
+        holds = (
+            _counter_reservations(counter, now)
+            .exclude(request_id=request_id)
+            .order_by()
+            .values("workspace_id")
+            .annotate(total=Count("id"))
+        )
+        annotations[f"used_{index}"] = Coalesce(Subquery(used.values("total"), output_field=IntegerField()), Value(0))
+        annotations[f"holds_{index}"] = Coalesce(Subquery(holds.values("total"), output_field=IntegerField()), Value(0))
+    row = Workspace.objects.filter(pk=workspace_id).annotate(**annotations).values(*annotations).first()
+    if row is None:  # a workspace deleted under a live key: nothing to count against
+        return {counter.key: (0, 0) for counter in counters}
+    return {counter.key: (row[f"used_{i}"], row[f"holds_{i}"]) for i, counter in enumerate(counters)}
 
 
 def lock_in_transaction(*, namespace: int, key: int) -> None:
@@ -466,10 +496,18 @@ def _lock_workspace(workspace_id: int) -> None:
 
 
 def reserve_in_database(
-    *, request_id: str, scopes: Sequence[Scope], workspace_id: int, user_id: int, day: dt.date, reserve: bool
+    *,
+    request_id: str,
+    scopes: Sequence[Scope],
+    workspace_id: int,
+    user_id: int,
+    day: dt.date,
+    reserve: bool,
+    extra_holds: dict[str, int] | None = None,
 ) -> tuple[bool, dict[str, tuple[int, int]]]:
     """Check every scope and, if all have room (and `reserve`), hold one message. Under a workspace lock.
 
+    `extra_holds` are in-flight messages per counter key the database does not know (Redis holds).
     Returns (admitted, {counter key: (used, in flight)}), in-flight figures including this reservation.
     """
     counters = _distinct_counters(scopes)
@@ -477,10 +515,9 @@ def reserve_in_database(
         if reserve:
             _lock_workspace(workspace_id)
         now = timezone.now()
-        figures = {
-            c.key: (_used_messages(c), _counter_reservations(c, now).exclude(request_id=request_id).count())
-            for c in counters
-        }
+        figures = _figures_at_once(counters, workspace_id=workspace_id, request_id=request_id)
+        if extra_holds:
+            figures = {key: (used, held + extra_holds.get(key, 0)) for key, (used, held) in figures.items()}
         admitted = all(sum(figures[s.counter.key]) + 1 <= s.limit for s in scopes)
         if reserve and admitted:
             expires_at = now + dt.timedelta(seconds=settings.BILLING_RESERVATION_TTL_SECONDS)
@@ -632,8 +669,6 @@ async def _check(
                     _redis_health.failed(exc)
                     break
                 await asyncio.sleep(0.05 * (attempt + 1))
-    elif client is not None:
-        logger.warning("quota: Redis still marked unavailable; using the database for %s", request_id)
     admitted, figures = await run_db(
         reserve_in_database,
         request_id=request_id,
@@ -642,8 +677,38 @@ async def _check(
         user_id=user_id,
         day=day,
         reserve=reserve,
+        extra_holds=_local_holds.counts(),
     )
     return admitted, figures, BACKEND_DATABASE
+
+
+class _LocalHolds:
+    """This process's unsettled Redis holds. Were Redis to die, the database path still counts them."""
+
+    def __init__(self) -> None:
+        self.holds: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+    def add(self, request_id: str, counters: Sequence[Counter]) -> None:
+        expires = time.monotonic() + settings.BILLING_RESERVATION_TTL_SECONDS
+        self.holds[request_id] = (expires, tuple(c.key for c in counters))
+
+    def discard(self, request_ids: Iterable[str]) -> None:
+        for request_id in request_ids:
+            self.holds.pop(request_id, None)
+
+    def counts(self) -> dict[str, int]:
+        now = time.monotonic()
+        counts: dict[str, int] = {}
+        for request_id, (expires, keys) in list(self.holds.items()):
+            if expires < now:
+                del self.holds[request_id]
+                continue
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+_local_holds = _LocalHolds()
 
 
 async def reserve_message(*, request_id: str, workspace: WorkspaceAccess, user_id: int, byok: bool) -> Reservation:
@@ -671,6 +736,8 @@ async def reserve_message(*, request_id: str, workspace: WorkspaceAccess, user_i
     budget = _budget(scopes, figures, day)
     if byok:
         return Reservation(request_id, workspace.workspace_id, user_id, byok, budget, day, BACKEND_NONE, counters)
+    if backend == BACKEND_REDIS:
+        _local_holds.add(request_id, counters)
     return Reservation(request_id, workspace.workspace_id, user_id, byok, budget, day, backend, counters)
 
 
@@ -722,6 +789,7 @@ def _settle_args(item: CounterSettle) -> tuple[list[str], list[object]]:
 
 async def settle_counters(items: Sequence[CounterSettle]) -> None:
     """Apply settles in one pipeline. Never raises: the ledger is durable and counters reconcile with it."""
+    _local_holds.discard(item.request_id for item in items)
     items = [item for item in items if item.counters]
     client = async_redis()
     if not items or client is None or not _redis_health.usable():
@@ -751,3 +819,17 @@ def settle_counters_sync(items: Sequence[CounterSettle]) -> None:
             settle(keys=keys, args=args)
     except Exception:
         logger.warning("quota: could not settle %d ledger lines in Redis; counters will reconcile", len(items))
+
+
+async def release_reservation(reservation: Reservation) -> None:
+    """Give back a hold without recording anything: the request never reached the upstream. Never raises."""
+    if reservation.byok or not reservation.counters:
+        return
+    await settle_counters(
+        [CounterSettle(request_id=reservation.request_id, ledger_field="", messages=0, counters=reservation.counters)]
+    )
+    if reservation.backend == BACKEND_DATABASE:
+        try:
+            await run_db(release_database_reservations, request_ids=[reservation.request_id])
+        except Exception:
+            logger.warning("quota: could not release %s; it expires on its own", reservation.request_id, exc_info=True)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
@@ -45,6 +46,15 @@ def quota_backend(request: pytest.FixtureRequest, settings) -> str:
     if request.param == "database":
         settings.REDIS_URL = ""
     elif request.param == "redis-down":
+        settings.REDIS_URL = UNREACHABLE_REDIS
+        settings.BILLING_REDIS_RETRY_SECONDS = 60
+    return request.param
+
+
+@pytest.fixture(params=["redis-down", pytest.param("redis", marks=pytest.mark.redis)])
+def fallback_or_redis(request: pytest.FixtureRequest, settings) -> str:
+    """Redis, and the database path it falls back to (the same path as no Redis at all)."""
+    if request.param == "redis-down":
         settings.REDIS_URL = UNREACHABLE_REDIS
         settings.BILLING_REDIS_RETRY_SECONDS = 60
     return request.param
@@ -174,7 +184,7 @@ def test_a_refusal_says_which_limit_its_size_and_when_it_resets(quota_backend: s
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_an_in_flight_request_holds_one_message_and_settles_to_its_true_count(quota_backend: str) -> None:
+def test_an_in_flight_request_holds_one_message_and_settles_to_its_true_count(fallback_or_redis: str) -> None:
     owner = make_user("big@example.com", plan=plan("five", daily=5).slug).user
     access = access_of(owner)
 
@@ -193,7 +203,7 @@ def test_an_in_flight_request_holds_one_message_and_settles_to_its_true_count(qu
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_settling_twice_counts_once(quota_backend: str) -> None:
+def test_settling_twice_counts_once(fallback_or_redis: str) -> None:
     owner = make_user("twice@example.com", plan=plan("three", daily=3).slug).user
     access = access_of(owner)
 
@@ -237,7 +247,7 @@ def test_byok_requests_are_recorded_in_full_but_never_limited(quota_backend: str
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_the_per_member_limit_applies_to_each_member_and_the_workspace_limit_to_all(quota_backend: str) -> None:
+def test_the_per_member_limit_applies_to_each_member_and_the_workspace_limit_to_all(fallback_or_redis: str) -> None:
     owner = make_user("lead@example.com", plan=plan("team", daily=5, member_daily=3).slug).user
     member = make_user("member@example.com").user
     workspace = owner.current_workspace
@@ -272,7 +282,7 @@ def test_appsumo_daily_and_monthly_caps_apply_on_top_of_the_plan(quota_backend: 
     for i in range(2):
         record_usage(usage=usage_for(owner, f"req_earlier_{i}"), day=earlier)
     quotas.reset_quota_state()
-    if django_settings.REDIS_URL and quota_backend == "redis":
+    if quota_backend == "redis":
         sync_redis().flushdb()  # counters are rebuilt from the ledger
 
     with pytest.raises(QuotaExceeded) as caught:
@@ -302,7 +312,7 @@ def usage_for(user, request_id: str) -> UsageRecord:
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_unlimited_plans_skip_the_counters_and_report_no_limit(quota_backend: str) -> None:
+def test_unlimited_plans_skip_the_counters_and_report_no_limit(fallback_or_redis: str) -> None:
     owner = make_user("free-for-all@example.com", plan="unlimited").user
     access = access_of(owner)
     reservation = run(reserve_message(request_id="req_u", workspace=access, user_id=owner.pk, byok=False))
@@ -405,6 +415,29 @@ def test_settles_that_redis_missed_during_an_outage_are_reconciled(settings) -> 
     assert sum(isinstance(o, Reservation) for o in outcomes) == 2
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_requests_in_flight_when_redis_dies_still_count_on_the_database_path(monkeypatch) -> None:
+    owner = make_user("dies@example.com", plan=plan("ten-d", daily=10).slug).user
+    access = access_of(owner)
+
+    async def scenario():
+        held = [r for r in await reserve_many(access, owner.pk, 6, prefix="before") if isinstance(r, Reservation)]
+        dead = aioredis.Redis.from_url(UNREACHABLE_REDIS, socket_connect_timeout=0.2)
+        monkeypatch.setattr(quotas, "async_redis", lambda: dead)  # Redis dies with 6 requests in flight
+        during = await reserve_many(access, owner.pk, 10, prefix="during")
+        admitted = [r for r in during if isinstance(r, Reservation)]
+        await asyncio.gather(*(finish_request(reservation=r, usage=usage(r)) for r in held + admitted))
+        await dead.aclose()
+        return held, admitted
+
+    held, admitted = run(scenario())
+    assert (len(held), len(admitted)) == (6, 4)
+    assert {r.backend for r in admitted} == {"database"}
+    rollup_daily_message_counts()
+    assert DailyMessageCount.objects.get(workspace_id=access.workspace_id).count == 10
+
+
 # ---- two processes sharing PostgreSQL (and Redis) ----------------------------------------------
 
 _WORKER = """
@@ -479,3 +512,17 @@ def test_two_processes_together_admit_exactly_the_limit(backend: str) -> None:
     assert admitted == 10
     rollup_daily_message_counts()
     assert DailyMessageCount.objects.get(workspace_id=owner.current_workspace_id).count == 10
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_released_hold_is_given_back(fallback_or_redis: str) -> None:
+    owner = make_user("release@example.com", plan=plan("one-r", daily=1).slug).user
+    access = access_of(owner)
+
+    async def scenario():
+        first = await reserve_message(request_id="req_a", workspace=access, user_id=owner.pk, byok=False)
+        await quotas.release_reservation(first)
+        return await reserve_message(request_id="req_b", workspace=access, user_id=owner.pk, byok=False)
+
+    assert run(scenario()).budget.remaining == 0
+    assert UsageEvent.objects.count() == 0
