@@ -18,7 +18,13 @@ from django.utils import timezone
 
 from billing.models import UsageEvent
 from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
-from billing.services import LedgerEntry, UsageRecord, count_for, spool_ledger_entries, write_ledger_entries
+from billing.services import (
+    LedgerEntry,
+    UsageRecord,
+    count_for,
+    spool_ledger_entries,
+    write_ledger_entries_isolating,
+)
 from writingmate.db import run_db
 
 __all__ = ["UsageRecord", "count_for", "finish_request"]
@@ -84,7 +90,9 @@ async def _write_with_retries(entries: list[LedgerEntry], released: list[str]) -
     while True:
         attempt += 1
         try:
-            await run_db(write_ledger_entries, entries=entries, release_request_ids=released)
+            rejected = await run_db(write_ledger_entries_isolating, entries=entries, release_request_ids=released)
+            for entry in rejected:
+                logger.critical("ledger: the database rejects usage event %s", entry.to_json())
             if attempt > 1:
                 logger.warning("ledger: wrote %d usage events after %d attempts", len(entries), attempt)
             return True

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import requests
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -105,16 +105,21 @@ def _clamp(tokens: int) -> int:
     return min(max(0, int(tokens)), 2**62)
 
 
+def _text(value: str, length: int) -> str:
+    # PostgreSQL refuses NUL in text; a client-chosen model name must not make a line unwritable.
+    return str(value).replace("\x00", "")[:length]
+
+
 def _event(entry: LedgerEntry) -> UsageEvent:
     usage = entry.usage
     return UsageEvent(
-        request_id=usage.request_id,
+        request_id=_text(usage.request_id, 64),
         kind=UsageEvent.Kind.REQUEST,
         workspace_id=usage.workspace_id,
         user_id=usage.user_id,
         key_id=usage.key_id,
-        model=usage.model[:200],
-        endpoint=usage.endpoint[:40],
+        model=_text(usage.model, 200),
+        endpoint=_text(usage.endpoint, 40),
         prompt_tokens=_clamp(usage.prompt_tokens),
         completion_tokens=_clamp(usage.completion_tokens),
         cached_tokens=_clamp(usage.cached_tokens),
@@ -122,7 +127,7 @@ def _event(entry: LedgerEntry) -> UsageEvent:
         byok=usage.byok,
         status=usage.status,
         tokens_estimated=usage.tokens_estimated,
-        generation_id=usage.generation_id[:200],
+        generation_id=_text(usage.generation_id, 200),
         latency_ms=min(max(0, usage.latency_ms), 2**31 - 1),
         day=entry.day,
         created_at=entry.created_at,
@@ -139,6 +144,33 @@ def write_ledger_entries(*, entries: Sequence[LedgerEntry], release_request_ids:
         UsageEvent.objects.bulk_create([_event(entry) for entry in entries], ignore_conflicts=True)
         if release_request_ids:
             release_database_reservations(request_ids=release_request_ids)
+
+
+def write_ledger_entries_isolating(
+    *, entries: Sequence[LedgerEntry], release_request_ids: Sequence[str] = ()
+) -> list[LedgerEntry]:
+    """`write_ledger_entries`, but a line the database rejects (not a connection problem) cannot take
+    the rest of its batch down with it: the batch is retried line by line. Returns the rejected lines.
+
+    Connection problems (OperationalError, InterfaceError) propagate, for the caller to retry.
+    """
+    try:
+        write_ledger_entries(entries=entries, release_request_ids=release_request_ids)
+        return []
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        if len(entries) == 1:
+            return list(entries)
+    rejected = []
+    for entry in entries:
+        try:
+            write_ledger_entries(entries=[entry], release_request_ids=[entry.usage.request_id])
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:
+            rejected.append(entry)
+    return rejected
 
 
 def record_usage(*, usage: UsageRecord, day: dt.date | None = None) -> int:
@@ -184,7 +216,11 @@ def drain_ledger_spool(*, batch_size: int = 500) -> int:
         if not raw:
             return drained
         entries = [LedgerEntry.from_json(item) for item in raw]
-        write_ledger_entries(entries=entries, release_request_ids=[e.usage.request_id for e in entries])
+        rejected = write_ledger_entries_isolating(
+            entries=entries, release_request_ids=[e.usage.request_id for e in entries]
+        )
+        for entry in rejected:
+            logger.critical("ledger: the database rejects spooled usage event %s", entry.to_json())
         # Removed only after the write committed: a crash in between replays, which the ledger ignores.
         client.ltrim(LEDGER_SPOOL_KEY, len(raw), -1)
         drained += len(entries)

@@ -92,7 +92,7 @@ def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_o
     original = recording.run_db
 
     async def counting_run_db(fn, /, *args, **kwargs):
-        if fn is services.write_ledger_entries:
+        if fn is services.write_ledger_entries_isolating:
             calls.append(len(kwargs["entries"]))
         return await original(fn, *args, **kwargs)
 
@@ -118,14 +118,14 @@ def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_o
 def test_a_database_outage_is_retried_until_the_line_is_durable(monkeypatch, caplog) -> None:
     user = make_user("outage@example.com").user
     failures = iter([True, True, False])
-    original = services.write_ledger_entries
+    original = services.write_ledger_entries_isolating
 
     def flaky(**kwargs):
         if next(failures):
             raise OperationalError("server closed the connection unexpectedly")
         return original(**kwargs)
 
-    monkeypatch.setattr(recording, "write_ledger_entries", flaky)
+    monkeypatch.setattr(recording, "write_ledger_entries_isolating", flaky)
 
     counted = run(finish_request(reservation=reservation_for(user, "req_retry"), usage=record(user, "req_retry")))
 
@@ -143,7 +143,7 @@ def test_events_the_database_would_not_take_are_spooled_and_replayed(monkeypatch
     def down(**kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(recording, "write_ledger_entries", down)
+    monkeypatch.setattr(recording, "write_ledger_entries_isolating", down)
     counted = run(finish_request(reservation=reservation_for(user, "req_spool"), usage=record(user, "req_spool")))
 
     assert counted == 1
@@ -167,7 +167,7 @@ def test_without_redis_or_database_the_event_itself_is_logged_for_replay(monkeyp
     def down(**kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(recording, "write_ledger_entries", down)
+    monkeypatch.setattr(recording, "write_ledger_entries_isolating", down)
     assert run(finish_request(reservation=reservation_for(user, "req_lost"), usage=record(user, "req_lost"))) == 1
     assert "UNRECORDED usage event" in caplog.text and "req_lost" in caplog.text
 
@@ -277,3 +277,23 @@ def test_absurd_usage_numbers_are_recorded_without_overflowing() -> None:
     counted = record_usage(usage=record(user, "huge", prompt=10**15, completion=-7, cached=10**16))
     event = UsageEvent.objects.get()
     assert (event.prompt_tokens, event.completion_tokens, event.counted_messages) == (10**15, 0, counted)
+
+
+@TRANSACTIONAL
+def test_a_line_the_database_rejects_does_not_take_its_batch_down(caplog) -> None:
+    user = make_user("poison@example.com").user
+
+    async def scenario():
+        good = [
+            finish_request(reservation=reservation_for(user, f"ok_{i}"), usage=record(user, f"ok_{i}"))
+            for i in range(5)
+        ]
+        bad = finish_request(reservation=reservation_for(user, "bad"), usage=record(user, "bad", key_id=2**70))
+        return await asyncio.gather(*good, bad, *good[:0])
+
+    assert run(scenario()) == [1] * 6
+    assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == [f"ok_{i}" for i in range(5)]
+    assert "the database rejects usage event" in caplog.text and '"request_id": "bad"' in caplog.text
+    # NUL characters in a model name are dropped rather than making the line unwritable.
+    record_usage(usage=record(user, "nul", model="evil\x00model"))
+    assert UsageEvent.objects.get(request_id="nul").model == "evilmodel"
