@@ -237,6 +237,16 @@ def measure_hold(target: Target, *, streams: int, ramp_seconds: float) -> dict[s
     return result
 
 
+def git_state() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=harness.REPO, capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+
+    dirty = len([line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line])
+    return f"{git('rev-parse', '--short', 'HEAD')}" + (f" + {dirty} uncommitted files" if dirty else "")
+
+
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -247,7 +257,7 @@ def fmt_ms(value: float | None) -> str:
 def summary_markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     meta = results["meta"]
-    lines.append(f"Run {meta['started_at']} on {meta['machine']}; `{meta['command']}`.")
+    lines.append(f"Run {meta['started_at']} on {meta['machine']}; `{meta['command']}`; code at {meta['git']}.")
     lines.append(
         f"Fake upstream latency {meta['latency_ms']} ms; gateway: {meta['gateway_workers']} uvicorn workers; "
         f"LiteLLM: {meta.get('litellm_version') or 'skipped'} with {meta['litellm_workers']} workers; "
@@ -305,6 +315,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     hold = results.get("hold") or {}
     if hold:
         lines.append("### Concurrent open streams")
+        lines.append("")
+        lines.append(f"{meta['hold']}; the gateway here is a single uvicorn process.")
         lines.append("")
         lines.append(
             "| target | streams opened | completed with [DONE] | peak open at once | errors | TTFT p50 / p99 ms "
@@ -397,7 +409,8 @@ def main() -> int:
     parser.add_argument("--stream-concurrency", default="1,32")
     parser.add_argument("--hold-streams", type=int, default=1000, help="0 skips the open-streams test")
     parser.add_argument("--hold-chunk-delay-ms", type=float, default=500)
-    parser.add_argument("--hold-chunks", type=int, default=20)
+    parser.add_argument("--hold-chunks", type=int, default=40)
+    parser.add_argument("--hold-ramp-seconds", type=float, default=10, help="open the streams over this long")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--litellm-workers", type=int, default=4)
     parser.add_argument("--litellm-version", default="", help="try this version first")
@@ -427,8 +440,11 @@ def main() -> int:
             "gateway_workers": args.workers,
             "litellm_workers": args.litellm_workers,
             "seconds": args.seconds,
+            "hold": f"{args.hold_streams} streams opened over {args.hold_ramp_seconds:.0f} s, each "
+            f"{args.hold_chunks} chunks {args.hold_chunk_delay_ms:.0f} ms apart",
             "wrk_version": wrk_version.strip(),
             "nofile": nofile,
+            "git": git_state(),
             "database_url": database_url,
             "redis_url": redis_url,
         },
@@ -543,8 +559,8 @@ def main() -> int:
 
         if args.hold_streams:
             log(
-                f"open streams: {args.hold_streams} at once, each {args.hold_chunks} chunks "
-                f"{args.hold_chunk_delay_ms:.0f} ms apart"
+                f"open streams: {args.hold_streams} opened over {args.hold_ramp_seconds:.0f} s, each "
+                f"{args.hold_chunks} chunks {args.hold_chunk_delay_ms:.0f} ms apart"
             )
             harness.start_fake(
                 children,
@@ -569,7 +585,9 @@ def main() -> int:
                 )
             hold_targets.extend(t for t in targets if t.name == "litellm")
             for target in hold_targets:
-                results["hold"][target.name] = measure_hold(target, streams=args.hold_streams, ramp_seconds=3)
+                results["hold"][target.name] = measure_hold(
+                    target, streams=args.hold_streams, ramp_seconds=args.hold_ramp_seconds
+                )
 
     summary = summary_markdown(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
