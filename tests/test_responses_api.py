@@ -633,6 +633,7 @@ def test_streamed_response_sends_openais_event_sequence_without_done(client, liv
 
 @live
 def test_the_sdk_stream_helper_assembles_the_final_response(client, fake_upstream, caller):
+    fake_upstream.send_processing_comment = True  # OpenRouter's keep-alive comment passes through
     with client.responses.stream(model=MODEL, input="Say hello") as stream:
         deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
         final = stream.get_final_response()
