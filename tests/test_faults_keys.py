@@ -141,15 +141,10 @@ def test_an_address_flooding_invalid_keys_is_blocked_and_valid_keys_elsewhere_ar
     assert blocked_status == 429  # the blocked address is refused even with a valid key until the minute ends
     assert blocked_body["error"]["code"] == "too_many_invalid_keys"
     assert blocked_body["error"]["type"] == "rate_limit_error"
-    assert sorted(timings)[10] < 0.05
+    assert sorted(timings)[10] < 0.25  # a throttle that slept or queued valid keys would show here
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 429 too_many_invalid_keys response carries no retry-after header "
-    "(gateway.errors.from_drf_exception drops Throttled.wait)",
-)
 def test_the_invalid_key_block_says_when_to_retry(live_server, caller, settings):
     settings.API_INVALID_KEY_LIMIT_PER_MINUTE = 1
     for _ in range(2):
@@ -184,11 +179,6 @@ def test_workspace_header_values_that_name_no_workspace_of_the_user(url, caller,
     assert_nothing_recorded(fake_upstream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: x-writingmate-workspace with more than 4300 digits makes int() raise ValueError: 500 server_error "
-    "instead of 403 workspace_access_denied",
-)
 def test_a_workspace_id_too_long_for_int_is_403(url, caller, fake_upstream):
     response = requests.post(url, json=chat(), headers=auth(caller.key, **{"x-writingmate-workspace": "9" * 5000}))
 
@@ -196,11 +186,6 @@ def test_a_workspace_id_too_long_for_int_is_403(url, caller, fake_upstream):
     assert_nothing_recorded(fake_upstream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: x-writingmate-workspace: '\\xb2' (superscript two in latin-1) passes str.isdigit() but int() "
-    "raises ValueError: 500 server_error instead of 403",
-)
 def test_a_unicode_digit_workspace_id_is_403(live_server, url, caller, fake_upstream):
     connection = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=10)
     body = json.dumps(chat()).encode()

@@ -9,10 +9,12 @@ import timeit
 from pathlib import Path
 
 import pytest
+import requests
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from gateway import metrics
+from tests.support import make_user, wait_for_usage_events
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,3 +157,70 @@ def test_several_processes_are_summed_with_prometheus_multiproc_dir(tmp_path):
     )
     assert 'writingmate_messages_counted_total{byok="false"} 4.0' in lines
     assert "writingmate_open_streams 1.0" in lines
+
+
+# --- the gateway's wiring, through a live server in this process ------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_v1_request_is_counted_with_its_endpoint_model_status_and_messages(live_server, fake_upstream):
+    caller = make_user("metrics@example.com")
+    labels = {"endpoint": "chat.completions", "model": "openai/gpt-5-mini"}
+    before = {
+        "ok": sample("writingmate_api_requests_total", **labels, status="200"),
+        "unauthorized": sample(
+            "writingmate_api_requests_total", endpoint="chat.completions", model="none", status="401"
+        ),
+        "messages": sample("writingmate_messages_counted_total", byok="false"),
+        "first_token": sample("writingmate_api_time_to_first_token_seconds_count", **labels),
+    }
+    body = {"model": "openai/gpt-5-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    ok = requests.post(
+        f"{live_server.v1_base}/chat/completions", json=body, headers={"Authorization": f"Bearer {caller.key}"}
+    )
+    streamed = requests.post(
+        f"{live_server.v1_base}/chat/completions",
+        json={**body, "stream": True},
+        headers={"Authorization": f"Bearer {caller.key}"},
+    )
+    refused = requests.post(f"{live_server.v1_base}/chat/completions", json=body, headers={"Authorization": "Bearer x"})
+    wait_for_usage_events(2)
+
+    assert ok.status_code == streamed.status_code == 200 and refused.status_code == 401
+    assert sample("writingmate_api_requests_total", **labels, status="200") == before["ok"] + 2
+    # Refused before the body is read: no model yet.
+    assert sample("writingmate_api_requests_total", endpoint="chat.completions", model="none", status="401") == (
+        before["unauthorized"] + 1
+    )
+    assert sample("writingmate_messages_counted_total", byok="false") == before["messages"] + 2
+    assert sample("writingmate_api_time_to_first_token_seconds_count", **labels) == before["first_token"] + 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: gateway.streaming calls metrics.stream_closed() in its finally but nothing calls "
+    "metrics.stream_opened(), so writingmate_open_streams goes down by one per stream",
+)
+@pytest.mark.django_db(transaction=True)
+def test_the_open_streams_gauge_counts_a_stream_while_it_is_relayed(live_server, fake_upstream):
+    caller = make_user("metrics-streams@example.com")
+    fake_upstream.chunks = 10
+    fake_upstream.chunk_delay_ms = 100
+    before = sample("writingmate_open_streams")
+    body = {"model": "openai/gpt-5-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    with requests.post(
+        f"{live_server.v1_base}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {caller.key}"},
+        stream=True,
+    ) as response:
+        next(response.iter_content(chunk_size=None))
+        during = sample("writingmate_open_streams")
+        for _ in response.iter_content(chunk_size=None):
+            pass
+    wait_for_usage_events(1)
+
+    assert during == before + 1
+    assert sample("writingmate_open_streams") == before
