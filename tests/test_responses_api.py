@@ -7,6 +7,7 @@ import socket
 import time
 
 import openai
+import pydantic
 import pytest
 import requests
 from django.db import OperationalError
@@ -639,6 +640,24 @@ def test_the_sdk_stream_helper_assembles_the_final_response(client, fake_upstrea
         final = stream.get_final_response()
 
     assert "".join(deltas) == final.output_text == "Hello from the fake upstream."
+    ledger(caller, 1)
+
+
+@live
+def test_structured_output_through_the_sdks_parse_helper(client, fake_upstream, caller):
+    class City(pydantic.BaseModel):
+        name: str
+        country: str
+
+    fake_upstream.reply_text = '{"name": "Paris", "country": "France"}'
+
+    parsed = client.responses.parse(model=MODEL, input="Capital of France?", text_format=City)
+
+    assert parsed.output_parsed == City(name="Paris", country="France")
+    response_format = fake_upstream.last_request.json["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["name"] == "City" and response_format["json_schema"]["strict"] is True
+    assert response_format["json_schema"]["schema"]["required"] == ["name", "country"]
     ledger(caller, 1)
 
 
