@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,13 +12,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 from django.db import connections
+from django.utils import timezone
 
 from accounts.access import bump_access_epoch
 from accounts.encryption import encrypt_secret
 from accounts.models import OpenRouterKey, Plan
 from billing import quotas
 from billing.models import DailyMessageCount, UsageEvent
-from billing.services import audit_daily_message_counts, rollup_daily_message_counts
+from billing.services import audit_daily_message_counts, rollup_daily_message_counts, settle_pending_generations
 from tests.fake_upstream import FakeUpstream, running
 from tests.support import make_user
 from writingmate import db as api_db
@@ -148,3 +151,37 @@ def test_byok_requests_pass_a_full_limit_and_are_recorded_as_byok(live_server, f
     assert (row.count, row.byok_count, row.requests) == (1, 3, 4)
     # The other workspace on the same plan was never affected.
     assert DailyMessageCount.objects.get(user_id=plain.user.pk).count == 1
+
+
+def test_an_abandoned_stream_is_estimated_then_settled_to_the_upstreams_figures(live_server, fake_upstream) -> None:
+    caller = make_user("abandon@example.com", plan="unlimited")
+    fake_upstream.chunk_delay_ms = 150
+    fake_upstream.chunks = 20
+    fake_upstream.usage = {"prompt_tokens": 40000, "completion_tokens": 900, "total_tokens": 40900}
+    body = json.dumps({"model": MODEL, "messages": HELLO, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {caller.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"data: ") < 3:
+            received += sock.recv(65536)
+
+    [event] = wait_for_events(1)
+    assert (event.status, event.tokens_estimated, event.counted_messages) == ("client_disconnected", True, 1)
+    assert event.generation_id.startswith("gen-")
+    fake_upstream.wait_until_finished()
+    time.sleep(0.3)  # SQLite's shared in-memory test database locks tables while the server thread reads
+    UsageEvent.objects.update(created_at=timezone.now() - dt.timedelta(minutes=1))
+
+    assert settle_pending_generations() == {"settled": 1}
+
+    settlement = UsageEvent.objects.get(kind=UsageEvent.Kind.SETTLEMENT)
+    assert settlement.counted_messages == 2  # 40,900 upstream tokens → 3 messages, 1 counted so far
+    assert settlement.prompt_tokens + event.prompt_tokens == 40000
+    assert settlement.completion_tokens + event.completion_tokens == 900
+    row = DailyMessageCount.objects.get()
+    assert (row.count, row.requests, row.input_tokens, row.output_tokens) == (3, 1, 40000, 900)
+    assert audit_daily_message_counts(include_today=True).ok
