@@ -12,6 +12,9 @@ import pytest
 import requests
 from django.db import OperationalError
 
+from accounts.access import bump_access_epoch
+from accounts.encryption import encrypt_secret
+from accounts.models import OpenRouterKey
 from billing.models import UsageEvent
 from gateway.transcriptions import sniff_audio_format, transcription_usage
 from tests.fake_upstream import DEFAULT_TRANSCRIPT, FakeUpstream
@@ -175,6 +178,18 @@ def test_the_demo_model_transcribes_offline_and_deterministically(live_server, c
             assert first.startswith("WEBVTT") and "00:00:00.000 --> 00:00:03.000" in first
     events = ledger(caller, 2 * len(FORMATS))
     assert all(e.counted_messages == 1 and e.model == "demo/transcribe" for e in events)
+
+
+@live
+def test_byok_users_are_transcribed_with_the_servers_key_and_counted_against_the_plan(client, fake_upstream, caller):
+    OpenRouterKey.objects.create(user=caller.user, encrypted_key=encrypt_secret("sk-or-users-own"), last4="-own")
+    bump_access_epoch()
+
+    client.audio.transcriptions.create(model=MODEL, file=("speech.wav", make_wav()))
+
+    assert fake_upstream.last_request.headers["authorization"] == "Bearer sk-transcribe-key"
+    [event] = ledger(caller, 1)
+    assert event.byok is False and event.counted_messages == 1
 
 
 @live
