@@ -101,10 +101,12 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
             workspace_id = min(access.workspaces)
         return access.workspaces[workspace_id]
     raw = workspace_header.strip()
-    workspace = access.workspaces.get(int(raw)) if raw.isdigit() else None
+    # isascii: str.isdigit() accepts digits such as "²" that int() refuses; ids fit in a bigint.
+    is_id = raw.isascii() and raw.isdigit() and len(raw) <= 19
+    workspace = access.workspaces.get(int(raw)) if is_id else None
     if workspace is None:
         raise WorkspaceAccessDenied(
-            f"Workspace {raw!r} does not exist or you are not a member of it (x-writingmate-workspace)."
+            f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
         )
     return workspace
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from django.http import HttpResponse
 from rest_framework import exceptions as drf_exceptions
@@ -62,7 +63,10 @@ def from_drf_exception(exc: drf_exceptions.APIException) -> ApiError:
     codes = exc.get_codes()
     code = codes if isinstance(codes, str) else None
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return ApiError(str(detail), status=exc.status_code, code=code)
+    headers = {}
+    if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.wait)))
+    return ApiError(str(detail), status=exc.status_code, code=code, headers=headers)
 
 
 def error_response(error: ApiError, *, extra_headers: dict[str, str] | None = None) -> HttpResponse:

@@ -38,6 +38,7 @@ class CallOutcome:
     first_byte_at: float | None = None
     reached_upstream: bool = False
     error_kind: str = ""  # gateway.metrics.UPSTREAM_ERROR_KINDS, when the upstream misbehaved
+    upstream_error_relayed: bool = False  # the upstream's own error event reached the client
 
 
 def error_event(message: str, *, code: str, error_type: str = "server_error") -> bytes:
@@ -59,6 +60,18 @@ def _data_of(event: bytes) -> bytes | None:
     if not lines:
         return None
     return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines).strip()
+
+
+def _openai_error_event(error: object) -> bytes:
+    """The upstream's error in OpenAI's shape: OpenRouter sends a numeric `code`, no `type`, and `metadata`."""
+    if not isinstance(error, dict):
+        return error_event(str(error), code="upstream_error")
+    code = error.get("code")
+    return error_event(
+        str(error.get("message") or "The upstream failed while streaming."),
+        code=code if isinstance(code, str) and code else "upstream_error",
+        error_type=error.get("type") if isinstance(error.get("type"), str) else "server_error",
+    )
 
 
 def _without_usage(event: dict) -> bytes:
@@ -101,7 +114,7 @@ async def relay_events(
             if forwarded and forwarded is not _MALFORMED:
                 yield forwarded
                 finished = _data_of(buffer) == b"[DONE]"
-        if not finished:
+        if not finished and not outcome.upstream_error_relayed:
             outcome.status = "failed"
             outcome.error_kind = "stream_dropped"
             yield error_event("The upstream closed the stream before it finished.", code="upstream_stream_incomplete")
@@ -142,7 +155,8 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
         parsed = json.loads(payload)
         if parsed.get("error"):
             outcome.status = "failed"
-            return event
+            outcome.upstream_error_relayed = True
+            return _openai_error_event(parsed["error"])
     if _USAGE_OBJECT.search(payload):
         try:
             parsed = json.loads(payload)

@@ -27,7 +27,7 @@ def parse_json_object(raw: bytes, content_type: str) -> dict:
         )
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise invalid_request(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
             code="invalid_json",

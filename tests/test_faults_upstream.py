@@ -122,14 +122,7 @@ def stream(url: str, key: str, **fields: object) -> tuple[requests.Response, lis
         "drop_mid_stream",
         "malformed_sse",
         "stall_after_first_chunk",
-        pytest.param(
-            "error_mid_stream",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: when the upstream sends its own error event and closes without [DONE], the gateway "
-                "relays that event and then adds a second one (upstream_stream_incomplete)",
-            ),
-        ),
+        "error_mid_stream",
     ],
 )
 def test_a_stream_that_breaks_ends_with_one_error_event_and_bills_what_was_delivered(
