@@ -81,7 +81,7 @@ async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStr
                 yield raw  # a keep-alive comment: it keeps idle proxies from closing a slow first token
                 continue
             # After a failure the relay is still drained: it ends on its own and records the outcome.
-            if failure is not None or payload == "[DONE]" or isinstance(payload, str):
+            if failure is not None or isinstance(payload, str):  # str: the [DONE] marker
                 continue
             failure = _failure_message(payload)
             if failure is None:
