@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-import time
 
 import pytest
 import requests
 
-from billing.models import UsageEvent
 from billing.models import UsageEvent
 from tests.fault_support import (
     HELLO,
@@ -202,46 +200,6 @@ def test_unknown_standard_looking_fields_pass_through_and_the_request_succeeds(u
     assert sent["seed"] == 7 and sent["some_future_field"] == {"x": 1} and sent["messages"] == HELLO
     [event] = settle_ledger(1)
     assert event.status == "succeeded" and event.counted_messages == 1
-
-
-def test_hostile_uploads_to_audio_transcriptions(live_server, caller, fake_upstream, settings):
-    url = f"{live_server.v1_base}/audio/transcriptions"
-    headers = auth(caller.key)
-    model = ("model", (None, "openai/whisper-1"))
-
-    as_json = requests.post(url, json={"model": "openai/whisper-1"}, headers=headers, timeout=10)
-    no_file = requests.post(url, files=[model], headers=headers, timeout=10)
-    no_boundary = requests.post(url, data=b"x", headers={**headers, "Content-Type": "multipart/form-data"}, timeout=10)
-    not_audio = requests.post(url, files=[("file", ("a.mp3", b"MZ\x90\x00" * 25)), model], headers=headers)
-    settings.API_MAX_AUDIO_BYTES = 1000
-    too_big = requests.post(url, files=[("file", ("a.mp3", b"x" * 3_000_000)), model], headers=headers, timeout=30)
-
-    assert_openai_error(as_json, status=415, code="unsupported_media_type")
-    assert_openai_error(no_file, status=400, code="missing_required_parameter", param="file")
-    assert_openai_error(no_boundary, status=400, code="invalid_multipart")
-    assert_openai_error(not_audio, status=400, code="invalid_file_format", param="file")
-    assert_openai_error(too_big, status=413, code="request_too_large")
-    time.sleep(0.3)
-    assert fake_upstream.requests_to("/audio/transcriptions") == []
-    assert UsageEvent.objects.count() == 0
-
-
-def test_responses_refuses_server_side_state_and_bad_input(live_server, caller, fake_upstream):
-    url = f"{live_server.v1_base}/responses"
-    previous = requests.post(
-        url, json={"model": MODEL, "input": "hi", "previous_response_id": "resp_123"}, headers=auth(caller.key)
-    )
-    bad_input = requests.post(url, json={"model": MODEL, "input": 5}, headers=auth(caller.key))
-
-    assert_openai_error(previous, status=400, code="unsupported_parameter", param="previous_response_id")
-    assert_openai_error(bad_input, status=400, code="invalid_type", param="input")
-    assert_nothing_recorded(fake_upstream)
-
-
-def test_model_ids_cannot_walk_out_of_the_models_route(live_server, caller):
-    response = requests.get(f"{live_server.v1_base}/models/..%2F..%2Fadmin%2F", headers=auth(caller.key), timeout=10)
-
-    assert_openai_error(response, status=404, code="model_not_found", param="model")
 
 
 def test_hostile_uploads_to_audio_transcriptions(live_server, caller, fake_upstream, settings):
