@@ -81,3 +81,18 @@ def test_an_unreachable_server_is_unavailable_not_a_hang():
             await client.execute("PING")
 
     run(scenario())
+
+
+@pytest.mark.redis
+def test_a_script_loads_itself_on_first_use_and_then_runs_by_sha():
+    async def scenario():
+        client = FastRedis(settings.REDIS_URL, timeout_seconds=1)
+        await client.execute("SCRIPT", "FLUSH")
+        script = client.register_script("return {KEYS[1], ARGV[1] + 1}")
+        first = await script(keys=["fast:k"], args=[41])
+        second = await script(keys=["fast:k"], args=[1])
+        known = await client.execute("SCRIPT", "EXISTS", script.sha)
+        await client.close()
+        return first, second, known
+
+    assert run(scenario()) == ([b"fast:k", 42], [b"fast:k", 2], [1])

@@ -11,6 +11,7 @@ with the wrong caller; the next command reconnects.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
 from urllib.parse import unquote, urlparse
 
@@ -173,7 +174,30 @@ class FastRedis:
             args.append("NX")
         return await self.execute(*args) == "OK"
 
+    def register_script(self, source: str) -> Script:
+        return Script(self, source)
+
     async def close(self) -> None:
         if self._connection is not None:
             self._connection.fail(RedisUnavailable("client closed"))
             self._connection = None
+
+
+class Script:
+    """A Lua script run by its SHA1, loaded on first use (EVAL) when the server does not know it.
+
+    Called like redis-py's scripts: `await script(keys=[...], args=[...])`.
+    """
+
+    def __init__(self, client: FastRedis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, *, keys: list[str], args: list[object]) -> object:
+        try:
+            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
