@@ -430,18 +430,23 @@ def _counter_reservations(counter: Counter, now: dt.datetime):
     return reservations
 
 
-def ledger_lines_for(counter: Counter) -> list[tuple[str, int, str]]:
-    """(field, messages, request id) of every ledger line that counts against `counter`."""
-    rows = _counter_events(counter).exclude(counted_messages=0).values_list("kind", "request_id", "counted_messages")
+def ledger_lines_for(counter: Counter, *, since: dt.datetime | None = None) -> list[tuple[str, int, str]]:
+    """(field, messages, request id) of every ledger line that counts against `counter` (written since `since`)."""
+    events = _counter_events(counter).exclude(counted_messages=0)
+    if since is not None:
+        events = events.filter(created_at__gte=since)
+    rows = events.values_list("kind", "request_id", "counted_messages")
     return [(f"{kind}:{request_id}", messages, request_id) for kind, request_id, messages in rows]
 
 
-def _rebuild_payload(counter: Counter) -> tuple[list[tuple[str, int, str]], list[tuple[str, int]]]:
+def _rebuild_payload(
+    counter: Counter, since: dt.datetime | None = None
+) -> tuple[list[tuple[str, int, str]], list[tuple[str, int]]]:
     # Holds first, then the ledger: a request finishing in between shows up in both and is counted
     # once, as used. The other order could miss it in both.
     now = timezone.now()
     holds = list(_counter_reservations(counter, now).values_list("request_id", "expires_at"))
-    lines = ledger_lines_for(counter)
+    lines = ledger_lines_for(counter, since=since)
     finished = {request_id for _field, _messages, request_id in lines}
     reservations = [
         (request_id, int(expires_at.timestamp() * 1000))
@@ -567,9 +572,12 @@ def _rebuild_calls(counter: Counter, lines: list[tuple[str, int, str]], reservat
 _rebuilds_in_progress: dict[tuple[int, str], asyncio.Future] = {}
 
 
-async def _rebuild_counter(client: object, counter: Counter) -> None:
-    """Merge the ledger into a counter (idempotent). Concurrent callers in this loop share one rebuild."""
-    loop_key = (id(asyncio.get_running_loop()), counter.key)
+async def _rebuild_counter(client: object, counter: Counter, *, since: dt.datetime | None = None) -> None:
+    """Merge the ledger (lines written since `since`, or all) into a counter; idempotent.
+
+    Concurrent callers in this loop share one rebuild.
+    """
+    loop_key = (id(asyncio.get_running_loop()), counter.key, since is None)
     pending = _rebuilds_in_progress.get(loop_key)
     if pending is not None:
         await asyncio.shield(pending)
@@ -577,11 +585,12 @@ async def _rebuild_counter(client: object, counter: Counter) -> None:
     future = asyncio.get_running_loop().create_future()
     _rebuilds_in_progress[loop_key] = future
     try:
-        lines, reservations = await run_db(_rebuild_payload, counter)
+        lines, reservations = await run_db(_rebuild_payload, counter, since)
         rebuild = _scripts_for(client)[2]
         for args in _rebuild_calls(counter, lines, reservations):
             await rebuild(keys=list(counter.redis_keys), args=args)
-        _redis_health.reconciled(counter.key)
+        if since is None:
+            _redis_health.reconciled(counter.key)
         future.set_result(None)
     except BaseException as exc:
         future.set_exception(exc)
@@ -609,9 +618,14 @@ def _in_background(coro: object) -> None:
 
 
 async def _reconcile(client: object, counters: Sequence[Counter]) -> None:
+    """The periodic merge: lines of the last few intervals, enough to catch settles Redis missed.
+
+    A process whose own settles failed trips its breaker and merges everything when Redis is back.
+    """
+    since = timezone.now() - dt.timedelta(seconds=settings.BILLING_QUOTA_RECONCILE_SECONDS * 3 + 300)
     for counter in counters:
         try:
-            await _rebuild_counter(client, counter)
+            await _rebuild_counter(client, counter, since=since)
         except Exception:
             logger.warning("quota: could not reconcile counter %s with the ledger", counter.key, exc_info=True)
 
