@@ -188,3 +188,13 @@ def test_debug_defaults_to_text_and_log_format_can_force_json():
             [sys.executable, "-c", script], env=production_env(**extra), cwd=REPO, capture_output=True, text=True
         )
         assert result.stdout.strip() == expected, result.stderr
+
+
+def test_uvicorns_colour_copy_of_the_message_is_left_out(captured):
+    captured.info(
+        "Started server process [%d]", 42, extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"}
+    )
+
+    [line] = lines(captured)
+    assert line["message"] == "Started server process [42]"
+    assert "color_message" not in line

@@ -100,7 +100,13 @@ class RedactSecretsFilter(logging.Filter):
         return True
 
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "request_id"}
+# Record attributes that are not extra fields; uvicorn's `color_message` repeats the message with ANSI codes.
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "color_message",
+}
 
 
 def _extra_names(record: logging.LogRecord) -> list[str]:
