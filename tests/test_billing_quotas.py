@@ -438,6 +438,28 @@ def test_requests_in_flight_when_redis_dies_still_count_on_the_database_path(mon
     assert DailyMessageCount.objects.get(workspace_id=access.workspace_id).count == 10
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_settle_redis_never_saw_is_healed_by_the_periodic_merge(settings) -> None:
+    settings.BILLING_QUOTA_RECONCILE_SECONDS = 0
+    owner = make_user("heal@example.com", plan=plan("three-h", daily=3).slug).user
+    access = access_of(owner)
+    run(reserve_and_finish_all(access, owner.pk, 2))
+    counter = quotas.counters_for(workspace_id=access.workspace_id, user_id=owner.pk, day=quotas.billing_day())[0]
+    hash_key = counter.redis_keys[0]
+    # As if the settle of req_0 had been lost: the ledger has it, the counter does not.
+    sync_redis().hdel(hash_key, "request:req_0")
+    sync_redis().hincrby(hash_key, "total", -1)
+
+    async def scenario():
+        first = await current_budget(workspace=access, user_id=owner.pk)
+        await asyncio.sleep(0.3)  # the merge runs in the background
+        return first, await current_budget(workspace=access, user_id=owner.pk)
+
+    before, after = run(scenario())
+    assert (before.remaining, after.remaining) == (2, 1)
+
+
 # ---- two processes sharing PostgreSQL (and Redis) ----------------------------------------------
 
 _WORKER = """
