@@ -182,7 +182,14 @@ async def audio_transcriptions(request: HttpRequest, caller: ApiCaller) -> HttpR
     fields, upload = await asyncio.to_thread(_parse_multipart, request)
     if fields.get("model"):
         request.api_model = fields["model"][-1]
-    call = await transcriptions.create_transcription(
-        caller=caller, fields=fields, upload=upload, request_id=request.request_id
-    )
+    try:
+        call = await transcriptions.create_transcription(
+            caller=caller, fields=fields, upload=upload, request_id=request.request_id
+        )
+    finally:
+        # The lean handler skips response.close(), whose request.close() would close (and so delete)
+        # the uploaded temporary files; the upstream call is over by now, so close them here.
+        for _, files in request.FILES.lists():
+            for uploaded in files:
+                uploaded.close()
     return _respond(request, call)

@@ -193,7 +193,8 @@ def test_byok_users_are_transcribed_with_the_servers_key_and_counted_against_the
 
 
 @live
-def test_a_file_on_disk_is_streamed_upstream_and_resent_after_a_5xx(client, fake_upstream, caller):
+def test_a_file_on_disk_is_streamed_upstream_and_resent_after_a_5xx(client, fake_upstream, caller, settings, tmp_path):
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     wav = make_wav(seconds=200)  # 3.2 MB: over Django's in-memory limit, so it is spooled to disk
     fake_upstream.fail_next("500", endpoint="/audio/transcriptions")
 
@@ -203,6 +204,7 @@ def test_a_file_on_disk_is_streamed_upstream_and_resent_after_a_5xx(client, fake
     first, second = fake_upstream.requests_to("/audio/transcriptions")
     assert first.form["file"]["size"] == second.form["file"]["size"] == len(wav)
     ledger(caller, 1)
+    assert list(tmp_path.iterdir()) == []  # the spooled upload is closed, which deletes it
 
 
 @live
