@@ -767,18 +767,6 @@ async def current_budget(*, workspace: WorkspaceAccess, user_id: int) -> Budget:
     return _budget(scopes, figures, day)
 
 
-def budget_in_database(*, workspace: WorkspaceAccess, user_id: int) -> Budget:
-    """The same figures from the ledger alone (the usage page and admin; sync)."""
-    day = billing_day()
-    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day)
-    if not scopes:
-        return _budget(scopes, {}, day)
-    _admitted, figures = reserve_in_database(
-        request_id="", scopes=scopes, workspace_id=workspace.workspace_id, user_id=user_id, day=day, reserve=False
-    )
-    return _budget(scopes, figures, day)
-
-
 # ---- settling ----------------------------------------------------------------------------------
 
 
