@@ -550,3 +550,14 @@ def wait_for_quiet(*, max_wait_seconds: float, threshold_cores: float = 0.3, sam
         if busy < threshold_cores or time.monotonic() >= deadline:
             return round(busy, 2)
         log(f"the machine is busy ({busy:.2f} cores used by other processes); waiting for it to quieten")
+
+
+def set_niceness(target: int) -> int:
+    """Set this process's niceness (inherited by every child it starts); returns the niceness in force."""
+    current = os.nice(0)
+    if target != current:
+        try:
+            os.nice(target - current)
+        except PermissionError:
+            log(f"cannot change niceness to {target} (not root); staying at {current}")
+    return os.nice(0)
