@@ -130,7 +130,7 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def two_gateways() -> Iterator[list[str]]:
+def two_gateway_processes() -> Iterator[list[str]]:
     """Two uvicorn processes on free ports, sharing this test's PostgreSQL database and Redis."""
     env = {
         **os.environ,
@@ -181,7 +181,7 @@ def two_gateways() -> Iterator[list[str]]:
 @pytest.mark.redis
 @pytest.mark.slow
 @TRANSACTIONAL
-def test_two_gateway_processes_together_admit_exactly_ten_of_fifty(two_gateways: list[str]) -> None:
+def test_two_gateway_processes_together_admit_exactly_ten_of_fifty(two_gateway_processes: list[str]) -> None:
     caller = limited_user("e2e-two@example.com")
-    outcomes = asyncio.run(fire(two_gateways, caller.key, 50))
+    outcomes = asyncio.run(fire(two_gateway_processes, caller.key, 50))
     check_outcomes(outcomes, caller.user.current_workspace_id)
