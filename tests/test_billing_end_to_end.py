@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -130,7 +131,7 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def two_gateway_processes() -> Iterator[list[str]]:
+def two_gateway_processes(tmp_path: Path) -> Iterator[list[str]]:
     """Two uvicorn processes on free ports, sharing this test's PostgreSQL database and Redis."""
     env = {
         **os.environ,
@@ -150,7 +151,7 @@ def two_gateway_processes() -> Iterator[list[str]]:
             env=env,
             cwd=django_settings.BASE_DIR,
             stdout=subprocess.DEVNULL,
-            stderr=open(f"/tmp/b/gw-{port}.log", "w"),
+            stderr=(tmp_path / f"gateway-{port}.log").open("w"),  # kept for a failing run
             text=True,
         )
         for port in ports
