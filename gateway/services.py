@@ -76,7 +76,7 @@ def quota_error(exc: QuotaExceeded) -> ApiError:
         status=429,
         code=exc.code,
         error_type="insufficient_quota",
-        headers={"retry-after": str(exc.retry_after_seconds), "x-should-retry": "false"},
+        headers=exc.headers(),
     )
 
 

@@ -84,6 +84,7 @@ async def relay_events(
 ) -> AsyncIterator[bytes]:
     buffer = b""
     finished = False
+    metrics.stream_opened()
     try:
         async for chunk in upstream.chunks:
             buffer += chunk

@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("django_db")
         if marker and marker.kwargs.get("transaction") and "serialized_rollback" not in marker.kwargs:
             # Transactional tests flush the database; this brings the migrations' seed data back.
-            item.add_marker(pytest.mark.django_db(**marker.kwargs, serialized_rollback=True))
+            item.add_marker(pytest.mark.django_db(**marker.kwargs, serialized_rollback=True), append=False)
         for marker, reason in (("postgres", postgres_reason), ("redis", redis_reason)):
             if reason and item.get_closest_marker(marker):
                 if REQUIRE_SERVICES:

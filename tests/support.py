@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import OperationalError
 
 from accounts import access
 from accounts.models import Plan, User
 from apikeys import authentication
 from apikeys.services import create_api_key
+from billing.models import UsageEvent
 from gateway import catalogue
 from writingmate.redis_connection import sync_redis
 
@@ -50,13 +53,16 @@ def make_user(
 
 def wait_for_usage_events(count: int, timeout: float = 5.0) -> list:
     """The ledger is written after the response is sent: wait for `count` request lines."""
-    import time
-
-    from billing.models import UsageEvent
-
     deadline = time.monotonic() + timeout
     while True:
-        events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        try:
+            events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+        except OperationalError:
+            # SQLite's shared-cache test database: the server's writer may hold the table right now.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
         if len(events) >= count or time.monotonic() > deadline:
             assert len(events) == count, f"expected {count} usage events, found {len(events)}"
             return events
