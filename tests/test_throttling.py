@@ -188,3 +188,23 @@ def test_the_middleware_only_looks_at_posts_to_login_pages(staff):
     assert middleware(login_post).status_code == 429
     assert middleware(login_get).status_code == 200
     assert middleware(other_post).status_code == 200
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=2)
+def test_the_sites_login_page_is_throttled_too(client, staff):
+    for _ in range(2):
+        failed = client.post(
+            "/login/", {"username": "admin@example.com", "password": "wrong"}, REMOTE_ADDR="203.0.113.50"
+        )
+        assert failed.status_code == 200
+
+    throttled = client.post(
+        "/login/", {"username": "admin@example.com", "password": PASSWORD}, REMOTE_ADDR="203.0.113.50"
+    )
+    elsewhere = client.post(
+        "/login/", {"username": "admin@example.com", "password": PASSWORD}, REMOTE_ADDR="203.0.113.51"
+    )
+
+    assert throttled.status_code == 429
+    assert b"Too many failed sign-in attempts" in throttled.content
+    assert elsewhere.status_code == 302
