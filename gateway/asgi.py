@@ -106,6 +106,14 @@ class ApiHandler(ASGIHandler):
 
     async def _handle(self, scope: dict, receive: Callable, send: Callable, request_id: str) -> None:
         started = time.monotonic()
+        if sum(len(name) + len(value) for name, value in scope.get("headers", ())) > settings.API_MAX_HEADER_BYTES:
+            too_large = ApiError(
+                f"Request headers too large: the limit is {settings.API_MAX_HEADER_BYTES} bytes.",
+                status=431,
+                code="request_headers_too_large",
+            )
+            await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            return
         limit = (
             settings.API_MAX_AUDIO_BYTES + 1024 * 1024
             if scope["path"].endswith("/audio/transcriptions")

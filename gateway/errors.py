@@ -20,6 +20,7 @@ _TYPE_BY_STATUS = {
     415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
 }
 
 
@@ -56,6 +57,15 @@ def model_not_found(model: str) -> ApiError:
         status=404,
         param="model",
         code="model_not_found",
+    )
+
+
+def service_unavailable() -> ApiError:
+    return ApiError(
+        "The service is temporarily unavailable. Please retry shortly.",
+        status=503,
+        error_type="server_error",
+        code="service_unavailable",
     )
 
 

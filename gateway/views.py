@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from django.core.exceptions import SuspiciousOperation
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.exceptions import APIException
@@ -18,7 +19,7 @@ from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_re
 from apikeys.throttling import ensure_address_allowed, note_invalid_key
 from billing.quotas import current_budget
 from gateway import catalogue, responses_service, services, transcriptions
-from gateway.errors import ApiError, error_response, from_drf_exception
+from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
 from gateway.finalizers import add_finalizer
 from gateway.streaming import sse_response
 from gateway.validation import parse_json_object
@@ -63,6 +64,10 @@ def api_endpoint(*, method: str, name: str) -> Callable[[ApiView], ApiView]:
                 return error_response(exc)
             except APIException as exc:
                 return error_response(from_drf_exception(exc))
+            except DatabaseError:
+                # Keys or limits cannot be checked: fail closed, with a status the SDKs retry.
+                logger.warning("database unavailable on %s (%s)", request.path, request.request_id, exc_info=True)
+                return error_response(service_unavailable())
 
         return wrapper
 
