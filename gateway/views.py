@@ -119,43 +119,30 @@ def _json_body(request: HttpRequest) -> dict:
     return body
 
 
-@api_endpoint(method="POST", name="chat.completions")
-async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    body = _json_body(request)
-    call = await services.create_chat_completion(
+async def _proxied_json(request: HttpRequest, caller: ApiCaller, create: Callable[..., Awaitable]) -> HttpResponseBase:
+    call = await create(
         caller=caller,
-        body=body,
+        body=_json_body(request),
         request_id=request.request_id,
         raw_body=request.body,
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
     return _respond(request, call)
+
+
+@api_endpoint(method="POST", name="chat.completions")
+async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    return await _proxied_json(request, caller, services.create_chat_completion)
 
 
 @api_endpoint(method="POST", name="completions")
 async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    body = _json_body(request)
-    call = await services.create_completion(
-        caller=caller,
-        body=body,
-        request_id=request.request_id,
-        raw_body=request.body,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
-    return _respond(request, call)
+    return await _proxied_json(request, caller, services.create_completion)
 
 
 @api_endpoint(method="POST", name="responses")
 async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    body = _json_body(request)
-    call = await responses_service.create_response(
-        caller=caller,
-        body=body,
-        request_id=request.request_id,
-        raw_body=request.body,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
-    return _respond(request, call)
+    return await _proxied_json(request, caller, responses_service.create_response)
 
 
 def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transcriptions.AudioUpload | None]:

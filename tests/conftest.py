@@ -15,6 +15,7 @@ from django.test.utils import modify_settings
 
 from tests.fake_upstream import FakeUpstream
 from writingmate.celery import app as celery_app
+from writingmate.db import close_connections
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
@@ -75,6 +76,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def django_db_serialized_rollback() -> None:
     """Transactional tests get the migrations' seed data (plans, catalogue) back after each flush."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_api_db_connections(django_db_blocker) -> Iterator[None]:
+    """The API's database threads keep connections; close them so the next module's flush is not blocked."""
+    yield
+    with django_db_blocker.unblock():
+        close_connections()
 
 
 @pytest.fixture(autouse=True)

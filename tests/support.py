@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -14,7 +15,19 @@ from apikeys import authentication
 from apikeys.services import create_api_key
 from billing.models import UsageEvent
 from gateway import catalogue
-from writingmate.redis_connection import sync_redis
+from writingmate.redis_connection import close_async_redis, sync_redis
+
+
+def run_async(coro):
+    """Run `coro` in a fresh event loop, closing that loop's Redis clients before it ends."""
+
+    async def main():
+        try:
+            return await coro
+        finally:
+            await close_async_redis()
+
+    return asyncio.run(main())
 
 
 def reset_process_state() -> None:

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from django.conf import settings as django_settings
-from django.db import connections
 
 from accounts.models import Plan
 from billing import quotas
 from billing.models import DailyMessageCount, UsageEvent
 from billing.services import audit_daily_message_counts, rollup_daily_message_counts
 from tests.support import make_user
-from writingmate import db as api_db
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 UVICORN = [
@@ -47,20 +44,6 @@ def _fresh(settings) -> None:
     settings.DEMO_PROVIDER_ENABLED = True
     settings.DEMO_STREAM_DELAY_SECONDS = 0
     quotas.reset_quota_state()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    executor = api_db._executor()
-    barrier = threading.Barrier(executor._max_workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
-        future.result(timeout=10)
 
 
 def limited_user(email: str):

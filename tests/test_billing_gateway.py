@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
-from django.db import connections
 from django.utils import timezone
 
 from accounts.access import bump_access_epoch
@@ -22,7 +20,6 @@ from billing.models import DailyMessageCount, UsageEvent
 from billing.services import audit_daily_message_counts, rollup_daily_message_counts, settle_pending_generations
 from tests.fake_upstream import FakeUpstream, running
 from tests.support import make_user
-from writingmate import db as api_db
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -43,20 +40,6 @@ def fake_upstream(settings) -> Iterator[FakeUpstream]:
 def _fresh(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     quotas.reset_quota_state()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    executor = api_db._executor()
-    barrier = threading.Barrier(executor._max_workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
-        future.result(timeout=10)
 
 
 def wait_for_events(count: int) -> list[UsageEvent]:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
-from collections.abc import Iterator
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from billing.idempotency import (
@@ -24,24 +21,9 @@ from billing.idempotency import (
 from billing.models import IdempotentRequest
 from billing.services import purge_expired_idempotent_requests
 from billing.tasks import purge_idempotent_requests_task
-from writingmate import db as api_db
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 BODY = b'{"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}'
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    executor = api_db._executor()
-    barrier = threading.Barrier(executor._max_workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
-        future.result(timeout=10)
 
 
 @TRANSACTIONAL

@@ -24,8 +24,8 @@ from billing.services import (
 )
 from billing.tasks import rollup_daily_message_counts_task
 from tests.support import make_user
-from writingmate import db as api_db
-from writingmate.redis_connection import close_async_redis, sync_redis
+from tests.support import run_async as run
+from writingmate.redis_connection import sync_redis
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -36,30 +36,6 @@ def _fast_users(settings) -> Iterator[None]:
     quotas.reset_quota_state()
     yield
     quotas.reset_quota_state()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    executor = api_db._executor()
-    barrier = threading.Barrier(executor._max_workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
-        future.result(timeout=10)
-
-
-def run(coro):
-    async def main():
-        try:
-            return await coro
-        finally:
-            await close_async_redis()
-
-    return asyncio.run(main())
 
 
 def record(user, request_id: str, *, prompt: int = 10, completion: int = 5, byok: bool = False, **kw) -> UsageRecord:

@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from django.conf import settings as django_settings
-from django.db import connections
 from django.utils import timezone
 
 from accounts.access import WorkspaceAccess, bump_access_epoch, load_user_access
@@ -25,10 +23,10 @@ from billing.quotas import QuotaExceeded, Reservation, current_budget, reserve_m
 from billing.recording import UsageRecord, finish_request
 from billing.services import record_usage, rollup_daily_message_counts
 from tests.support import make_user
-from writingmate import db as api_db
+from tests.support import run_async as run
 from writingmate.db import run_db
 from writingmate.fast_redis import FastRedis
-from writingmate.redis_connection import close_async_redis, sync_redis
+from writingmate.redis_connection import sync_redis
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
@@ -59,36 +57,6 @@ def fallback_or_redis(request: pytest.FixtureRequest, settings) -> str:
         settings.REDIS_URL = UNREACHABLE_REDIS
         settings.BILLING_REDIS_RETRY_SECONDS = 60
     return request.param
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    close_api_db_connections()
-
-
-def close_api_db_connections() -> None:
-    """Close the connections run_db's threads keep, so the test database can be dropped at the end."""
-    executor = api_db._executor()
-    workers = executor._max_workers
-    barrier = threading.Barrier(workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)  # holds this thread, so each task lands on a different one
-
-    for future in [executor.submit(close) for _ in range(workers)]:
-        future.result(timeout=10)
-
-
-def run(coro):
-    async def main():
-        try:
-            return await coro
-        finally:
-            await close_async_redis()
-
-    return asyncio.run(main())
 
 
 def plan(slug: str, *, daily: int | None, member_daily: int | None = None) -> Plan:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterator
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from accounts.encryption import encrypt_secret
@@ -26,7 +24,6 @@ from billing.services import (
 from billing.tasks import settle_generation_task, settle_pending_generations_task
 from tests.fake_upstream import FakeUpstream, running
 from tests.support import make_user
-from writingmate import db as api_db
 
 
 @pytest.fixture
@@ -36,20 +33,6 @@ def fake_upstream(settings) -> Iterator[FakeUpstream]:
         settings.OPENROUTER_BASE_URL = fake.base_url
         settings.OPENROUTER_API_KEY = "sk-or-server-key"
         yield fake
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_api_db_connections() -> Iterator[None]:
-    yield
-    executor = api_db._executor()
-    barrier = threading.Barrier(executor._max_workers)
-
-    def close() -> None:
-        connections.close_all()
-        barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(executor._max_workers)]:
-        future.result(timeout=10)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -30,6 +31,20 @@ def _call_with_reconnect(fn: Callable[[], T]) -> T:
             connection.close()
         close_old_connections()
         return fn()
+
+
+def close_connections() -> None:
+    """Close the database connections every worker thread holds (shutdown, tests)."""
+    executor = _executor()
+    workers = executor._max_workers
+    barrier = threading.Barrier(workers)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait(timeout=5)  # every worker takes one, so each thread closes its own
+
+    for future in [executor.submit(close) for _ in range(workers)]:
+        future.result(timeout=10)
 
 
 async def run_db(fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
