@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
@@ -25,7 +26,7 @@ from writingmate.redis_connection import fast_redis
 
 logger = logging.getLogger(__name__)
 
-GRANT_CACHE_SECONDS = 60
+
 LAST_USED_INTERVAL_SECONDS = 60
 _GRANT_KEY = "wm:grant:"
 _LAST_USED_KEY = "wm:last-used:"
@@ -127,7 +128,7 @@ class _LocalGrantCache:
     def put(self, key_hash: str, epoch: int, grant: KeyGrant | None) -> None:
         if len(self._entries) > 50_000:
             self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + GRANT_CACHE_SECONDS, epoch, grant)
+        self._entries[key_hash] = (time.monotonic() + settings.API_KEY_CACHE_SECONDS, epoch, grant)
 
     def should_touch(self, key_id: int) -> bool:
         now = time.monotonic()
@@ -182,7 +183,7 @@ async def resolve_grant(presented: str) -> KeyGrant:
         grant = await run_db(find_key_grant, key_hash=key_hash)
         payload = json.dumps({"epoch": epoch, "grant": grant.to_dict() if grant else None})
         try:
-            await client.set(_GRANT_KEY + key_hash, payload, ex=GRANT_CACHE_SECONDS)
+            await client.set(_GRANT_KEY + key_hash, payload, ex=settings.API_KEY_CACHE_SECONDS)
         except Exception:
             logger.warning("could not cache a key grant in Redis", exc_info=True)
     grant = _check_not_expired(grant, presented)

@@ -331,11 +331,10 @@ async def _proxy_admitted(
         upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     outcome = CallOutcome()
     relay: AsyncIterator[bytes] | None = None
+    complete: UsageRecord | None = None  # a whole (non-streaming) response's record, built once
 
-    async def finish() -> None:
-        if relay is not None:
-            await relay.aclose()  # a stream the client abandoned stops here, and its status says so
-        record = usage_record(
+    def record() -> UsageRecord:
+        return usage_record(
             caller=caller,
             route_byok=route.byok,
             model=model,
@@ -344,7 +343,11 @@ async def _proxy_admitted(
             body=body,
             outcome=outcome,
         )
-        counted = await finish_request(reservation=reservation, usage=record)
+
+    async def finish() -> None:
+        if relay is not None:
+            await relay.aclose()  # a stream the client abandoned stops here, and its status says so
+        counted = await finish_request(reservation=reservation, usage=complete or record())
         observe_outcome(endpoint=endpoint.name, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
@@ -372,18 +375,8 @@ async def _proxy_admitted(
             code="upstream_malformed_response",
         ) from None
     outcome.delivered.append(upstream.body)
-    counted = count_for(
-        usage_record(
-            caller=caller,
-            route_byok=route.byok,
-            model=model,
-            endpoint=endpoint.name,
-            request_id=request_id,
-            body=body,
-            outcome=outcome,
-        )
-    )
-    headers["x-writingmate-messages-counted"] = str(counted)
+    complete = record()
+    headers["x-writingmate-messages-counted"] = str(count_for(complete))
     return GatewayCall(result=Completion(status=200, body=upstream.body, headers=headers), finish=finish)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -22,6 +24,12 @@ REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 # Tests run Celery tasks in-process even when REDIS_URL points the broker at Redis.
 celery_app.conf.task_always_eager = True
 celery_app.conf.task_eager_propagates = True
+# SQLite's in-memory test database locks whole tables between threads (the API's writer and the test
+# reading the ledger); a file in WAL mode lets readers and the writer overlap, as in production.
+if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = str(
+        Path(tempfile.mkdtemp(prefix="writingmate-tests-")) / "test.sqlite3"
+    )
 # Hashing test passwords with PBKDF2 would cost a third of a second per user.
 settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
