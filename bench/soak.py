@@ -136,7 +136,7 @@ def report(results: dict[str, Any]) -> str:
         f"Soak {meta['started_at']}: `{meta['command']}`; {meta['machine']}.",
         f"{meta['seconds']} s at {meta['rate']} req/s ({int(meta['stream_fraction'] * 100)}% streams), fake upstream "
         f"latency {meta['latency_ms']} ms, chunks {meta['chunk_delay_ms']} ms apart; gateway {meta['workers']} "
-        f"workers; PostgreSQL + Redis.",
+        f"workers; PostgreSQL + Redis; niceness {meta['niceness']}.",
         "",
         f"- requests sent: {summary['sent']}, succeeded: {summary['ok']}, failed: {summary['failed']} "
         f"(error rate {summary['error_rate_pct']:.3f}%)",
@@ -184,6 +184,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--chunk-delay-ms", type=float, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--nice", type=int, default=-10, help="niceness of the soak and its processes (see run.py)")
     args = parser.parse_args()
     if args.seconds > 3600:
         sys.exit("a soak here is bounded: at most 3600 s")
@@ -192,6 +193,7 @@ def main() -> int:
     out_dir = harness.RESULTS / f"soak-{started}"
     out_dir.mkdir(parents=True, exist_ok=True)
     harness.raise_nofile()
+    niceness = harness.set_niceness(args.nice)
     database_url = os.environ.get("DATABASE_URL") or harness.DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or harness.DEFAULT_REDIS_URL
     log(f"soak results in {out_dir}; DATABASE_URL={database_url} REDIS_URL={redis_url}")
@@ -248,6 +250,7 @@ def main() -> int:
             "latency_ms": args.latency_ms,
             "chunk_delay_ms": args.chunk_delay_ms,
             "workers": args.workers,
+            "niceness": niceness,
         },
         "summary": {
             "sent": len(outcomes),
