@@ -230,5 +230,6 @@ class ApiApplication:
             elif message["type"] == "lifespan.shutdown":
                 await close_upstream_session()
                 await close_async_redis()
+                metrics.mark_process_dead()  # with PROMETHEUS_MULTIPROC_DIR, its open streams leave the sum
                 await send({"type": "lifespan.shutdown.complete"})
                 return

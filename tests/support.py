@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import OperationalError
 
 from accounts import access
 from accounts.models import Plan, User
-from apikeys import authentication
+from apikeys import authentication, throttling
 from apikeys.services import create_api_key
 from billing.models import UsageEvent
 from gateway import catalogue
@@ -33,6 +34,9 @@ def run_async(coro):
 def reset_process_state() -> None:
     """Forget every cache a previous test may have filled: local grants, catalogue, test Redis."""
     authentication._local_cache = authentication._LocalGrantCache()
+    # The live server shares this process: its blocked addresses and sign-in counters would carry over.
+    throttling.forget_blocked_addresses()
+    cache.clear()
     access.bump_access_epoch()
     catalogue.forget_catalogue()
     if settings.REDIS_URL:
