@@ -257,7 +257,12 @@ from accounts.models import Plan, User
 email = {email!r}
 user = User.objects.filter(email=email).first() or User.objects.create_user(email, "bench-password-123456")
 workspace = user.current_workspace
-workspace.plan = Plan.objects.get(slug="unlimited")
+# A real daily limit (too large to reach), so every request reserves and settles a message.
+plan, _ = Plan.objects.update_or_create(
+    slug="bench-limited",
+    defaults={{"name": "Bench (limited)", "daily_message_limit": 10**9, "allowed_model_tiers": ["basic", "premium"]}},
+)
+workspace.plan = plan
 workspace.save(update_fields=["plan"])
 access.bump_access_epoch()
 key = None
@@ -269,7 +274,7 @@ print(json.dumps({{"workspace_id": workspace.id, "user_id": user.id, "key": key}
 
 
 def migrate_and_seed(env: dict[str, str], *, email: str) -> dict[str, Any]:
-    """Migrate, then a user on the unlimited plan with a developer key: {"key", "workspace_id", "user_id"}."""
+    """Migrate, then a user on a plan with a (huge) daily limit and a developer key: {"key", "workspace_id", "user_id"}."""
     migrated = manage(["migrate", "--noinput"], env=env, timeout=300)
     if migrated.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{migrated.stdout[-2000:]}\n{migrated.stderr[-4000:]}")
