@@ -31,7 +31,7 @@ from accounts.access import WorkspaceAccess
 from accounts.models import Workspace
 from billing.models import QuotaReservation, UsageEvent
 from writingmate.db import run_db
-from writingmate.redis_connection import async_redis, fast_redis, sync_redis
+from writingmate.redis_connection import fast_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -791,19 +791,16 @@ def _settle_args(item: CounterSettle) -> tuple[list[str], list[object]]:
 
 
 async def settle_counters(items: Sequence[CounterSettle]) -> None:
-    """Apply settles in one pipeline. Never raises: the ledger is durable and counters reconcile with it."""
+    """Apply settles in one pipelined burst. Never raises: the ledger is durable and counters reconcile with it."""
     _local_holds.discard(item.request_id for item in items)
     items = [item for item in items if item.counters]
-    client = async_redis()
+    client = fast_redis()
     if not items or client is None or not _redis_health.usable():
         return
     try:
         settle = _scripts_for(client)[1]
-        async with client.pipeline(transaction=False) as pipe:
-            for item in items:
-                keys, args = _settle_args(item)
-                await settle(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+        # Concurrent calls share fast_redis's one connection: the batch goes out as one pipeline.
+        await asyncio.gather(*(settle(keys=keys, args=args) for keys, args in map(_settle_args, items)))
     except Exception as exc:
         _redis_health.failed(exc)
         logger.warning("quota: could not settle %d requests in Redis; counters will reconcile", len(items))
