@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import requests
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -110,28 +110,66 @@ def _text(value: str, length: int) -> str:
     return str(value).replace("\x00", "")[:length]
 
 
-def _event(entry: LedgerEntry) -> UsageEvent:
-    usage = entry.usage
-    return UsageEvent(
-        request_id=_text(usage.request_id, 64),
-        kind=UsageEvent.Kind.REQUEST,
-        workspace_id=usage.workspace_id,
-        user_id=usage.user_id,
-        key_id=usage.key_id,
-        model=_text(usage.model, 200),
-        endpoint=_text(usage.endpoint, 40),
-        prompt_tokens=_clamp(usage.prompt_tokens),
-        completion_tokens=_clamp(usage.completion_tokens),
-        cached_tokens=_clamp(usage.cached_tokens),
-        counted_messages=min(entry.counted_messages, 2**31 - 1),
-        byok=usage.byok,
-        status=usage.status,
-        tokens_estimated=usage.tokens_estimated,
-        generation_id=_text(usage.generation_id, 200),
-        latency_ms=min(max(0, usage.latency_ms), 2**31 - 1),
-        day=entry.day,
-        created_at=entry.created_at,
+_LEDGER_COLUMNS = (
+    "request_id",
+    "kind",
+    "workspace_id",
+    "user_id",
+    "key_id",
+    "model",
+    "endpoint",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "counted_messages",
+    "byok",
+    "status",
+    "tokens_estimated",
+    "generation_id",
+    "latency_ms",
+    "day",
+    "created_at",
+)
+_LEDGER_ROW = "(" + ", ".join(["%s"] * len(_LEDGER_COLUMNS)) + ")"
+
+
+def _ledger_row(entry: LedgerEntry) -> tuple:
+    usage, ops = entry.usage, connection.ops
+    return (
+        _text(usage.request_id, 64),
+        UsageEvent.Kind.REQUEST.value,
+        usage.workspace_id,
+        usage.user_id,
+        usage.key_id,
+        _text(usage.model, 200),
+        _text(usage.endpoint, 40),
+        _clamp(usage.prompt_tokens),
+        _clamp(usage.completion_tokens),
+        _clamp(usage.cached_tokens),
+        min(entry.counted_messages, 2**31 - 1),
+        usage.byok,
+        usage.status,
+        usage.tokens_estimated,
+        _text(usage.generation_id, 200),
+        min(max(0, usage.latency_ms), 2**31 - 1),
+        ops.adapt_datefield_value(entry.day),
+        ops.adapt_datetimefield_value(entry.created_at),
     )
+
+
+def _insert_ledger_rows(entries: Sequence[LedgerEntry]) -> None:
+    """One multi-row INSERT that skips lines already there (idempotent per request id and kind).
+
+    Written as SQL rather than bulk_create: building model instances and compiling the query cost
+    ~0.5 ms of CPU per batch here, which at low concurrency is a batch per request.
+    """
+    table = UsageEvent._meta.db_table
+    sql = (  # noqa: S608 -- only constants and placeholders go into the text; values are parameters
+        f"INSERT INTO {table} ({', '.join(_LEDGER_COLUMNS)}) VALUES {', '.join([_LEDGER_ROW] * len(entries))} "
+        "ON CONFLICT (request_id, kind) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for entry in entries for value in _ledger_row(entry)])
 
 
 def write_ledger_entries(*, entries: Sequence[LedgerEntry], release_request_ids: Sequence[str] = ()) -> None:
@@ -140,13 +178,14 @@ def write_ledger_entries(*, entries: Sequence[LedgerEntry], release_request_ids:
     Database-path reservations of the same requests are released in the same transaction, so a
     request is never counted both as used and as in flight once this commits.
     """
-    events = [_event(entry) for entry in entries]
+    if not entries:
+        return
     if not release_request_ids:
         # One INSERT is atomic by itself: no BEGIN/COMMIT round trips on the hot path.
-        UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+        _insert_ledger_rows(entries)
         return
     with transaction.atomic():
-        UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+        _insert_ledger_rows(entries)
         release_database_reservations(request_ids=release_request_ids)
 
 
