@@ -164,8 +164,9 @@ def _insert_ledger_rows(entries: Sequence[LedgerEntry]) -> None:
     ~0.5 ms of CPU per batch here, which at low concurrency is a batch per request.
     """
     table = UsageEvent._meta.db_table
-    sql = (  # noqa: S608 -- only constants and placeholders go into the text; values are parameters
-        f"INSERT INTO {table} ({', '.join(_LEDGER_COLUMNS)}) VALUES {', '.join([_LEDGER_ROW] * len(entries))} "
+    # Only constants and placeholders go into the text; the values travel as parameters.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_LEDGER_COLUMNS)}) VALUES {', '.join([_LEDGER_ROW] * len(entries))} "  # noqa: S608
         "ON CONFLICT (request_id, kind) DO NOTHING"
     )
     with connection.cursor() as cursor:
