@@ -40,7 +40,7 @@ from gateway.services import (
     send_upstream,
     usage_record,
 )
-from gateway.streaming import CallOutcome, relay_events
+from gateway.streaming import CallOutcome, relay_events, split_events
 
 ENDPOINT = "responses"  # as recorded in the ledger
 UPSTREAM_PATH = "/chat/completions"
@@ -75,19 +75,21 @@ async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStr
     try:
         yield b"".join(sse_frame(event) for event in events.start())
         failure: str | None = None
-        async for raw in relay:
-            payload = _event_payload(raw)
-            if payload is None:
-                yield raw  # a keep-alive comment: it keeps idle proxies from closing a slow first token
-                continue
-            # After a failure the relay is still drained: it ends on its own and records the outcome.
-            if failure is not None or isinstance(payload, str):  # str: the [DONE] marker
-                continue
-            failure = _failure_message(payload)
-            if failure is None:
-                frames = b"".join(sse_frame(event) for event in events.feed(payload))
-                if frames:
-                    yield frames
+        async for relayed in relay:
+            out: list[bytes] = []
+            for raw in split_events(relayed):
+                payload = _event_payload(raw)
+                if payload is None:
+                    out.append(raw)  # a keep-alive comment: it keeps idle proxies from closing a slow first token
+                    continue
+                # After a failure the relay is still drained: it ends on its own and records the outcome.
+                if failure is not None or isinstance(payload, str):  # str: the [DONE] marker
+                    continue
+                failure = _failure_message(payload)
+                if failure is None:
+                    out.extend(sse_frame(event) for event in events.feed(payload))
+            if out:
+                yield b"".join(out)
         terminal = events.fail(failure) if failure is not None else events.finish(completed_at=int(time.time()))
         yield b"".join(sse_frame(event) for event in terminal)
     finally:

@@ -55,6 +55,20 @@ def _next_boundary(buffer: bytes, start: int) -> tuple[int, int]:
     return (lf, 2) if lf != -1 else (-1, 0)
 
 
+def split_events(relayed: bytes) -> list[bytes]:
+    """The whole SSE events in a chunk `relay_events` yielded (it yields several that arrived together)."""
+    events, start = [], 0
+    while True:
+        index, length = _next_boundary(relayed, start)
+        if index == -1:
+            break
+        events.append(relayed[start : index + length])
+        start = index + length
+    if relayed[start:].strip():
+        events.append(relayed[start:])
+    return events
+
+
 def _data_of(event: bytes) -> bytes | None:
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
@@ -89,6 +103,8 @@ async def relay_events(
         async for chunk in upstream.chunks:
             buffer += chunk
             start = 0
+            # Events that arrived together leave together: one send per upstream read, not per event.
+            ready: list[bytes] = []
             while True:
                 index, length = _next_boundary(buffer, start)
                 if index == -1:
@@ -99,15 +115,21 @@ async def relay_events(
                 if forwarded is _MALFORMED:
                     outcome.status = "failed"
                     outcome.error_kind = "malformed"
-                    yield error_event(
-                        "The upstream sent a malformed event; the stream was stopped.", code="upstream_malformed_stream"
+                    ready.append(
+                        error_event(
+                            "The upstream sent a malformed event; the stream was stopped.",
+                            code="upstream_malformed_stream",
+                        )
                     )
+                    yield b"".join(ready)
                     return
                 if forwarded:
-                    yield forwarded
+                    ready.append(forwarded)
                 if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
                     finished = True
             buffer = buffer[start:]
+            if ready:
+                yield b"".join(ready)
             if finished:
                 return
         if buffer.strip():
