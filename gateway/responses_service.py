@@ -7,13 +7,11 @@ turned into Responses events, so a client that disconnects is billed exactly as 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 
 from apikeys.authentication import ApiCaller
-from billing.idempotency import Replay, abandon_idempotent, complete_idempotent
 from billing.recording import UsageRecord, count_for, finish_request
 from gateway import validation
 from gateway.catalogue import CatalogueEntry
@@ -33,9 +31,8 @@ from gateway.services import (
     CompletionStream,
     GatewayCall,
     admit,
-    claim_idempotency,
+    idempotently,
     observe_outcome,
-    replayed,
     reserve,
     send_upstream,
     usage_record,
@@ -113,24 +110,15 @@ async def create_response(
     )
     translation = translations[0]
     route = route_chat(entry=entry, caller=caller)
-    if idempotency_key is None or translation.stream:
-        return await _respond(
+    return await idempotently(
+        caller=caller,
+        idempotency_key=idempotency_key,
+        raw_body=raw_body,
+        stream=translation.stream,
+        run=lambda: _respond(
             caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
-        )
-    claim = await claim_idempotency(caller=caller, idempotency_key=idempotency_key, raw_body=raw_body)
-    if isinstance(claim, Replay):
-        return replayed(claim)
-    try:
-        call = await _respond(
-            caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
-        )
-    except BaseException:
-        await asyncio.shield(abandon_idempotent(claim))
-        raise
-    result = call.result
-    assert isinstance(result, Completion)  # only non-streaming requests are made idempotent
-    await complete_idempotent(claim, status=result.status, headers=result.headers, body=result.body)
-    return call
+        ),
+    )
 
 
 async def _respond(

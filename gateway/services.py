@@ -287,29 +287,48 @@ def replayed(replay: Replay) -> GatewayCall:
     )
 
 
+async def idempotently(
+    *,
+    caller: ApiCaller,
+    idempotency_key: str | None,
+    raw_body: bytes,
+    stream: bool,
+    run: Callable[[], Awaitable[GatewayCall]],
+) -> GatewayCall:
+    """`run()`, or the stored response of an earlier request with the same Idempotency-Key and body.
+
+    Streams are never replayed: the key only applies to whole responses.
+    """
+    if idempotency_key is None or stream:
+        return await run()
+    claim = await claim_idempotency(caller=caller, idempotency_key=idempotency_key, raw_body=raw_body)
+    if isinstance(claim, Replay):
+        return replayed(claim)
+    try:
+        call = await run()
+    except BaseException:
+        await asyncio.shield(abandon_idempotent(claim))
+        raise
+    result = call.result
+    assert isinstance(result, Completion)
+    await complete_idempotent(claim, status=result.status, headers=result.headers, body=result.body)
+    return call
+
+
 async def _proxy(
     endpoint: _Endpoint, *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes, idempotency_key: str | None
 ) -> GatewayCall:
     model, entry = await admit(caller=caller, body=body, check=endpoint.check, kind="chat")
     route = route_chat(entry=entry, caller=caller)
-    stream = bool(body.get("stream"))
-    if idempotency_key is None or stream:
-        return await _proxy_admitted(
+    return await idempotently(
+        caller=caller,
+        idempotency_key=idempotency_key,
+        raw_body=raw_body,
+        stream=bool(body.get("stream")),
+        run=lambda: _proxy_admitted(
             endpoint, caller=caller, body=body, request_id=request_id, model=model, entry=entry, route=route
-        )
-    claim = await claim_idempotency(caller=caller, idempotency_key=idempotency_key, raw_body=raw_body)
-    if isinstance(claim, Replay):
-        return replayed(claim)
-    try:
-        call = await _proxy_admitted(
-            endpoint, caller=caller, body=body, request_id=request_id, model=model, entry=entry, route=route
-        )
-    except BaseException:
-        await asyncio.shield(abandon_idempotent(claim))
-        raise
-    result = call.result
-    await complete_idempotent(claim, status=result.status, headers=result.headers, body=result.body)
-    return call
+        ),
+    )
 
 
 async def _proxy_admitted(

@@ -198,6 +198,7 @@ def two_gateways(transactional_db: None) -> Iterator[list[LiveServer]]:
         "OPENROUTER_API_KEY": "",
         "DEBUG": "1",
         "LOG_LEVEL": "WARNING",
+        "CELERY_TASK_ALWAYS_EAGER": "1",
     }
     ports = [_free_port(), _free_port()]
     processes = [

@@ -68,12 +68,15 @@ def make_user(
     return KeyedUser(user=user, key=create_api_key(user=user, name="test").plaintext)
 
 
-def wait_for_usage_events(count: int, timeout: float = 5.0) -> list:
-    """The ledger is written after the response is sent: wait for `count` request lines."""
+def wait_for_usage_events(count: int, timeout: float = 5.0, *, workspace_id: int | None = None) -> list:
+    """The ledger is written after the response is sent: wait for `count` request lines (of a workspace)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+            lines = UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST)
+            if workspace_id is not None:
+                lines = lines.filter(workspace_id=workspace_id)
+            events = list(lines.order_by("id"))
         except OperationalError:
             # SQLite's shared-cache test database: the server's writer may hold the table right now.
             if time.monotonic() > deadline:

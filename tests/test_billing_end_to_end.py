@@ -6,17 +6,10 @@ Once with the gateway in this process, once with two uvicorn processes sharing P
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-from django.conf import settings as django_settings
 
 from accounts.models import Plan
 from billing import quotas
@@ -25,16 +18,6 @@ from billing.services import audit_daily_message_counts, rollup_daily_message_co
 from tests.support import make_user
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
-UVICORN = [
-    sys.executable,
-    "-m",
-    "uvicorn",
-    "writingmate.asgi:application",
-    "--host",
-    "127.0.0.1",
-    "--log-level",
-    "warning",
-]
 CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "Count me once."}]}
 
 
@@ -101,71 +84,11 @@ def test_fifty_concurrent_chats_through_the_gateway_admit_exactly_ten(live_serve
     check_outcomes(outcomes, caller.user.current_workspace_id)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = django_settings.DATABASES["default"]
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def two_gateway_processes(tmp_path: Path) -> Iterator[list[str]]:
-    """Two uvicorn processes on free ports, sharing this test's PostgreSQL database and Redis."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "writingmate.settings",
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": django_settings.REDIS_URL,
-        "DEMO_PROVIDER_ENABLED": "1",
-        "DEMO_STREAM_DELAY_SECONDS": "0",
-        "OPENROUTER_API_KEY": "",
-        "CELERY_TASK_ALWAYS_EAGER": "1",
-        "DEBUG": "1",
-    }
-    ports = [_free_port(), _free_port()]
-    processes = [
-        subprocess.Popen(
-            [*UVICORN, "--port", str(port)],
-            env=env,
-            cwd=django_settings.BASE_DIR,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / f"gateway-{port}.log").open("w"),  # kept for a failing run
-            text=True,
-        )
-        for port in ports
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        for port, process in zip(ports, processes, strict=True):
-            while True:
-                assert process.poll() is None
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "gateway did not start"
-                    time.sleep(0.1)
-        yield [f"http://127.0.0.1:{port}/v1" for port in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.slow
 @TRANSACTIONAL
-def test_two_gateway_processes_together_admit_exactly_ten_of_fifty(two_gateway_processes: list[str]) -> None:
+def test_two_gateway_processes_together_admit_exactly_ten_of_fifty(two_gateways) -> None:
     caller = limited_user("e2e-two@example.com")
-    outcomes = asyncio.run(fire(two_gateway_processes, caller.key, 50))
+    outcomes = asyncio.run(fire([server.v1_base for server in two_gateways], caller.key, 50))
     check_outcomes(outcomes, caller.user.current_workspace_id)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import openai
 import pydantic
 import pytest
 import requests
-from django.db import OperationalError
 
 from billing.models import UsageEvent
 from gateway.errors import ApiError
 from gateway.responses_api import ResponseEventStream, chat_request_from_responses, response_from_chat, sse_frame
 from tests.openapi_schemas import assert_conforms
-from tests.support import make_user
+from tests.support import make_user, wait_for_usage_events
 
 # ---- request translation ------------------------------------------------------------------------
 
@@ -555,18 +553,7 @@ def client(live_server, fake_upstream, caller):
 
 def ledger(caller, count: int) -> list[UsageEvent]:
     """This test's ledger lines once `count` are there: they are written just after the response is sent."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            events = list(
-                UsageEvent.objects.filter(workspace_id=caller.workspace.pk, kind=UsageEvent.Kind.REQUEST).order_by("id")
-            )
-        except OperationalError:  # SQLite's shared in-memory database: the server's thread holds the table
-            events = []
-        if len(events) >= count or time.monotonic() > deadline:
-            assert len(events) == count, f"expected {count} usage events, found {len(events)}"
-            return events
-        time.sleep(0.02)
+    return wait_for_usage_events(count, workspace_id=caller.workspace.pk)
 
 
 def _raw_stream(live_server, caller, body: dict) -> str:

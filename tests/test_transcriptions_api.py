@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import wave
 
 import openai
 import pytest
 import requests
-from django.db import OperationalError
 
 from accounts.access import bump_access_epoch
 from accounts.encryption import encrypt_secret
@@ -19,7 +17,7 @@ from billing.models import UsageEvent
 from gateway.transcriptions import sniff_audio_format, transcription_usage
 from tests.fake_upstream import DEFAULT_TRANSCRIPT, FakeUpstream
 from tests.openapi_schemas import assert_conforms
-from tests.support import make_user
+from tests.support import make_user, wait_for_usage_events
 
 MODEL = "openai/whisper-1"
 FORMATS = ["json", "text", "srt", "vtt", "verbose_json"]
@@ -50,18 +48,7 @@ def client(live_server, fake_upstream, caller):
 
 def ledger(caller, count: int) -> list[UsageEvent]:
     """This test's ledger lines once `count` are there: they are written just after the response is sent."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            events = list(
-                UsageEvent.objects.filter(workspace_id=caller.workspace.pk, kind=UsageEvent.Kind.REQUEST).order_by("id")
-            )
-        except OperationalError:  # SQLite's shared in-memory database: the server's thread holds the table
-            events = []
-        if len(events) >= count or time.monotonic() > deadline:
-            assert len(events) == count, f"expected {count} usage events, found {len(events)}"
-            return events
-        time.sleep(0.02)
+    return wait_for_usage_events(count, workspace_id=caller.workspace.pk)
 
 
 def _post(live_server, caller, *, files=None, data=None, **kwargs) -> requests.Response:
