@@ -33,6 +33,7 @@ from gateway.services import (
     admit,
     idempotently,
     observe_outcome,
+    read_completion,
     reserve,
     send_upstream,
     usage_record,
@@ -171,20 +172,7 @@ async def _respond(
         stream = _response_events(relay, events)
         return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
 
-    try:
-        completion = json.loads(upstream.body)
-        if not isinstance(completion, dict):
-            raise ValueError("not an object")
-    except ValueError:
-        outcome.status = "failed"
-        outcome.error_kind = "malformed"
-        await finish()
-        raise ApiError(
-            "The upstream sent a response that is not JSON.",
-            status=502,
-            error_type="server_error",
-            code="upstream_malformed_response",
-        ) from None
+    completion = await read_completion(upstream, outcome=outcome, finish=finish)
     if completion.get("error") and not completion.get("choices"):
         # OpenRouter can answer 200 with only an error body when the provider failed after admission.
         outcome.status = "failed"
@@ -192,9 +180,6 @@ async def _respond(
         await finish()
         message = _failure_message(completion) or "The upstream failed."
         raise ApiError(f"The upstream failed: {message}", status=502, error_type="server_error", code="upstream_error")
-    outcome.usage = completion.get("usage")
-    outcome.generation_id = str(completion.get("id") or "")
-    outcome.delivered.append(upstream.body)
     response = response_from_chat(
         completion,
         response_id=response_id,

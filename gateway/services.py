@@ -261,6 +261,30 @@ async def send_upstream(
     return upstream
 
 
+async def read_completion(
+    upstream: UpstreamResponse, *, outcome: CallOutcome, finish: Callable[[], Awaitable[None]]
+) -> dict:
+    """The upstream's whole JSON answer, its usage and id noted in `outcome`; a 502 (recorded) if it is not JSON."""
+    try:
+        completion = json.loads(upstream.body)
+        if not isinstance(completion, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        outcome.status = "failed"
+        outcome.error_kind = "malformed"
+        await finish()
+        raise ApiError(
+            "The upstream sent a response that is not JSON.",
+            status=502,
+            error_type="server_error",
+            code="upstream_malformed_response",
+        ) from None
+    outcome.usage = completion.get("usage")
+    outcome.generation_id = str(completion.get("id") or "")
+    outcome.delivered.append(upstream.body)
+    return completion
+
+
 def observe_outcome(*, endpoint: str, model: str, outcome: CallOutcome, counted: int, byok: bool) -> None:
     metrics.record_messages(count=counted, byok=byok)
     if outcome.first_byte_at is not None:
@@ -379,21 +403,7 @@ async def _proxy_admitted(
         relay = relay_events(upstream, include_usage=include_usage, outcome=outcome)
         return GatewayCall(result=CompletionStream(chunks=relay, headers=headers), finish=finish)
 
-    try:
-        parsed = json.loads(upstream.body)
-        outcome.usage = parsed.get("usage")
-        outcome.generation_id = str(parsed.get("id") or "")
-    except (ValueError, AttributeError):
-        outcome.status = "failed"
-        outcome.error_kind = "malformed"
-        await finish()
-        raise ApiError(
-            "The upstream sent a response that is not JSON.",
-            status=502,
-            error_type="server_error",
-            code="upstream_malformed_response",
-        ) from None
-    outcome.delivered.append(upstream.body)
+    await read_completion(upstream, outcome=outcome, finish=finish)
     complete = record()
     headers["x-writingmate-messages-counted"] = str(count_for(complete))
     return GatewayCall(result=Completion(status=200, body=upstream.body, headers=headers), finish=finish)
