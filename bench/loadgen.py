@@ -72,7 +72,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: dict[str, A
                     payload = line[6:]
                     if payload == b"[DONE]":
                         done = True
-                        break
+                        continue  # read on to the end of the body, so the connection is reused as SDKs do
                     chunk = json.loads(payload)
                     if chunk.get("error"):
                         return Outcome(False, started, ttft, (time.monotonic() - started) * 1000, 200, "error event")
