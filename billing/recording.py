@@ -1,8 +1,10 @@
 """Recording a finished /v1 request from async code: group-committed ledger lines, then settled quotas.
 
-Every request that finishes while a batch is being written joins the next batch, so under load many
-requests share one INSERT and one hop to a database thread, and each caller still waits until its
-own line is durable. Nothing here raises to the gateway: failures are retried and logged.
+A batch opens when a request finishes and is written BILLING_LEDGER_LINGER_SECONDS later (or at once
+when full); every request that finishes meanwhile, or while a batch is being written, joins it. So
+even a single client's back-to-back requests share one INSERT, one hop to a database thread and one
+settle, and that work stays off the next request's way; each caller still waits until its own line is
+durable. Nothing here raises to the gateway: failures are retried and logged.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class _GroupCommitter:
 
     async def _drain(self) -> None:
         try:
+            if len(self.queue) < _MAX_BATCH and settings.BILLING_LEDGER_LINGER_SECONDS > 0:
+                await asyncio.sleep(settings.BILLING_LEDGER_LINGER_SECONDS)
             while self.queue:
                 batch = self.queue[:_MAX_BATCH]
                 del self.queue[:_MAX_BATCH]

@@ -91,6 +91,37 @@ def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_o
 
 
 @TRANSACTIONAL
+def test_back_to_back_requests_of_one_client_share_one_write_within_the_linger(monkeypatch, settings) -> None:
+    settings.BILLING_LEDGER_LINGER_SECONDS = 0.3
+    user = make_user("linger@example.com").user
+    calls: list[int] = []
+    original = recording.run_db
+
+    async def counting_run_db(fn, /, *args, **kwargs):
+        if fn is services.write_ledger_entries_isolating:
+            calls.append(len(kwargs["entries"]))
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(recording, "run_db", counting_run_db)
+
+    async def one_after_another():
+        finishing = []
+        for i in range(3):
+            finishing.append(
+                asyncio.ensure_future(
+                    finish_request(reservation=reservation_for(user, f"req_l{i}"), usage=record(user, f"req_l{i}"))
+                )
+            )
+            await asyncio.sleep(0.01)  # the next request of a client that waits for each answer
+        assert not any(f.done() for f in finishing), "a line was reported durable before it was written"
+        return await asyncio.gather(*finishing)
+
+    assert run(one_after_another()) == [1, 1, 1]
+    assert calls == [3]
+    assert UsageEvent.objects.filter(request_id__startswith="req_l").count() == 3
+
+
+@TRANSACTIONAL
 def test_a_database_outage_is_retried_until_the_line_is_durable(monkeypatch, caplog) -> None:
     user = make_user("outage@example.com").user
     failures = iter([True, True, False])

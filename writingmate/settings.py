@@ -192,6 +192,8 @@ BILLING_RESERVATION_TTL_SECONDS = env.int("BILLING_RESERVATION_TTL_SECONDS", def
 BILLING_QUOTA_RECONCILE_SECONDS = env.int("BILLING_QUOTA_RECONCILE_SECONDS", default=60)
 # After a Redis error, limits are enforced in the database for this long before Redis is tried again.
 BILLING_REDIS_RETRY_SECONDS = env.float("BILLING_REDIS_RETRY_SECONDS", default=5.0)
+# A finished request's ledger line waits this long for others to share its INSERT and settle.
+BILLING_LEDGER_LINGER_SECONDS = env.float("BILLING_LEDGER_LINGER_SECONDS", default=0.02)
 # How long a usage event is retried while the database is unreachable before it is spooled to Redis.
 BILLING_LEDGER_RETRY_SECONDS = env.float("BILLING_LEDGER_RETRY_SECONDS", default=120.0)
 
