@@ -28,7 +28,7 @@ from gateway import metrics
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
 from gateway.urls import api_patterns
-from writingmate.logs import bind_request_id, unbind_request_id
+from writingmate.logs import bind_request_id, log_access, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class ApiHandler(ASGIHandler):
                 code="request_headers_too_large",
             )
             await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
         limit = (
             settings.API_MAX_AUDIO_BYTES + 1024 * 1024
@@ -128,6 +129,7 @@ class ApiHandler(ASGIHandler):
                 f"Request body too large: the limit is {limit} bytes.", status=413, code="request_too_large"
             )
             await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
         request, _ = self.create_request(scope, body_file)
         if request is None:
@@ -135,15 +137,17 @@ class ApiHandler(ASGIHandler):
             await self.send_response(
                 error_response(invalid_http_request(), extra_headers={"x-request-id": request_id}), send
             )
+            log_access(scope, status=400, duration_seconds=time.monotonic() - started)
             return
         request.request_id = request_id
         request.api_finalizers = []
         request.api_endpoint = "unknown"
         request.api_model = ""
         status = 499  # nginx's "client closed request", kept if the client leaves before the response
+        responded = None
 
         async def process() -> None:
-            nonlocal status
+            nonlocal status, responded
             response = await self.run_get_response(request)
             response["x-request-id"] = request_id
             status = response.status_code
@@ -151,6 +155,7 @@ class ApiHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass
+            responded = time.monotonic()
 
         serving = asyncio.create_task(process())
         watching = asyncio.create_task(self.listen_for_disconnect(receive))
@@ -166,6 +171,9 @@ class ApiHandler(ASGIHandler):
                     pass
                 except Exception:
                     logger.exception("error while serving %s (%s)", scope["path"], request_id)
+            # The response is out (or the client left): the access line and metrics time exactly that.
+            duration = (responded or time.monotonic()) - started
+            log_access(scope, status=status, duration_seconds=duration)
             for finalizer in request.api_finalizers:
                 try:
                     await asyncio.shield(finalizer())
@@ -176,7 +184,7 @@ class ApiHandler(ASGIHandler):
                 endpoint=request.api_endpoint,
                 model=request.api_model,
                 status=status,
-                duration_seconds=time.monotonic() - started,
+                duration_seconds=duration,
             )
 
     async def _read_body(self, scope: dict, receive: Callable, limit: int) -> tempfile.SpooledTemporaryFile:
@@ -219,8 +227,25 @@ class ApiApplication:
             await self.api_handler(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._serve_site(scope, receive, send)
         else:
             await self.site_application(scope, receive, send)
+
+    async def _serve_site(self, scope: dict, receive: Callable, send: Callable) -> None:
+        started = time.monotonic()
+        status = 500
+
+        async def send_noting_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.site_application(scope, receive, send_noting_status)
+        finally:
+            log_access(scope, status=status, duration_seconds=time.monotonic() - started)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:

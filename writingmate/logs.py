@@ -56,6 +56,32 @@ def redact_secrets(text: str) -> str:
     return _SECRET_PATTERN.sub(_mask, text)
 
 
+_access_logger = logging.getLogger("writingmate.access")
+
+
+def log_access(scope: dict, *, status: int, duration_seconds: float) -> None:
+    """One access line per HTTP request, written once the response is out, so no client waits for it.
+
+    uvicorn's own access log is off (settings.LOGGING gives it no handler): it writes before the
+    response headers, on every request's critical path.
+    """
+    if not _access_logger.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    path = scope.get("path", "")
+    if scope.get("query_string"):
+        path = f"{path}?{scope['query_string'].decode('latin1')}"
+    _access_logger.info(
+        '%s - "%s %s HTTP/%s" %d %.1fms',
+        f"{client[0]}:{client[1]}" if client else "-",
+        scope.get("method", ""),
+        path,
+        scope.get("http_version", "1.1"),
+        status,
+        duration_seconds * 1000,
+    )
+
+
 def loggable_prompt(prompt: object) -> object:
     """The prompt itself when settings.LOG_PROMPTS is on (the only way one may be logged), else a stub."""
     if getattr(settings, "LOG_PROMPTS", False):

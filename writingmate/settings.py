@@ -233,7 +233,11 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
     },
     # uvicorn sets up its own loggers before Django starts; taking them over keeps one format and redaction.
-    "loggers": {name: _LOG_HANDLER for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery")},
+    # Its access log is silenced (no handler) in favour of writingmate.logs.log_access, written after the response.
+    "loggers": {
+        **{name: _LOG_HANDLER for name in ("uvicorn", "uvicorn.error", "celery")},
+        "uvicorn.access": {"handlers": [], "level": LOG_LEVEL, "propagate": False},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
