@@ -2,7 +2,8 @@
 
 aiohttp was chosen by measurement (docs/decisions.md): under concurrency its client costs a
 fraction of httpx's. Timeouts are explicit and separate: connect, first byte (until the response
-headers arrive) and between chunks. Redirects are never followed.
+headers arrive) and between chunks. Redirects are never followed, and cookies are never kept: the
+session is shared by every caller, so one caller's upstream cookies must not ride on another's request.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def upstream_session() -> aiohttp.ClientSession:
             connector=connector,
             auto_decompress=False,  # relay bytes as they came; the gateway asks for identity encoding
             skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
             json_serialize=json.dumps,
         )
         _sessions[loop] = session
@@ -73,10 +75,8 @@ async def post(url: str, *, headers: dict[str, str], data: bytes | aiohttp.FormD
     """POST to the upstream; for a successful stream, return before the body so it can be relayed."""
     session = upstream_session()
     try:
-        response = await asyncio.wait_for(
-            session.post(url, data=data, headers=headers, timeout=_timeout(), allow_redirects=False),
-            timeout=settings.UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS,
-        )
+        async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS):
+            response = await session.post(url, data=data, headers=headers, timeout=_timeout(), allow_redirects=False)
     except TimeoutError as exc:
         raise ProviderError(
             "The upstream did not respond in time.", status=504, retryable=False, code="upstream_timeout"
