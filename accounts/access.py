@@ -1,7 +1,8 @@
 """What a user may do on /v1, as one cacheable snapshot, and the epoch that invalidates every snapshot.
 
 Any change to memberships, plans, licences or BYOK keys bumps the epoch; the API reads the epoch in
-the same round trip as its cached snapshot, so such changes take effect on the next request.
+the same round trip as its cached snapshot, or, for a snapshot it remembers in memory, in the same
+round trip as the request's quota reservation, so such changes take effect on the next request.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from dataclasses import asdict, dataclass, field
 from django.db.models import Prefetch
 
 from accounts.models import AppSumoLicence, Membership, OpenRouterKey, User
-from writingmate.redis_connection import sync_redis
+from writingmate.redis_connection import fast_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
 ACCESS_EPOCH_KEY = "wm:access-epoch"
+
+
+class AccessChanged(Exception):
+    """A snapshot read at an older access epoch than Redis now holds (or one Redis cannot confirm)."""
+
+
 _local_epoch = 0
 _local_lock = threading.Lock()
 
@@ -126,3 +133,14 @@ def bump_access_epoch() -> None:
 
 def local_access_epoch() -> int:
     return _local_epoch
+
+
+async def confirm_access_epoch(epoch: int) -> None:
+    """Raise AccessChanged unless Redis still holds `epoch`, i.e. no access changed since it was read."""
+    client = fast_redis()
+    try:
+        current = await client.get(ACCESS_EPOCH_KEY) if client is not None else None
+    except Exception as exc:
+        raise AccessChanged("the access epoch could not be read") from exc
+    if client is None or int(current or 0) != epoch:
+        raise AccessChanged(f"access epoch {epoch} is no longer current")

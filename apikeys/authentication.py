@@ -1,7 +1,10 @@
 """Bearer-key authentication for /v1: a DRF authentication class with an async fast path.
 
 The fast path resolves a key to its grant with one cache round trip (the grant and the access epoch
-together) and touches the database only on a miss, or when Redis is unavailable.
+together) and touches the database only on a miss, or when Redis is unavailable. Endpoints that
+reserve quota may go further (`allow_unconfirmed`): a grant this process read recently is used from
+memory, and the reservation confirms its access epoch in its own round trip (billing.quotas), so a
+revoked key or a changed plan still takes effect on the very next request.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from accounts.models import User
 from apikeys import keys
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
 from writingmate.db import run_db
+from writingmate.fast_redis import FastRedis
 from writingmate.redis_connection import fast_redis
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,9 @@ class ApiCaller:
 
     grant: KeyGrant
     workspace: WorkspaceAccess
+    # The access epoch the grant was read at when it came from memory unconfirmed; whatever reserves
+    # quota for this caller must confirm it (billing.quotas.reserve_message does).
+    unconfirmed_epoch: int | None = None
 
     @property
     def user_id(self) -> int:
@@ -113,7 +120,11 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
 
 
 class _LocalGrantCache:
-    """The grant cache of a process without Redis: entries die with the TTL or the local access epoch."""
+    """Grants this process read, with the access epoch they were read at, for API_KEY_CACHE_SECONDS.
+
+    Without Redis it is the grant cache (valid while the local epoch stands); with Redis, it holds
+    the grants that `allow_unconfirmed` callers may use before their epoch is confirmed.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, int, KeyGrant | None]] = {}
@@ -124,6 +135,13 @@ class _LocalGrantCache:
         if entry is None or entry[0] < time.monotonic() or entry[1] != local_access_epoch():
             return False, None
         return True, entry[2]
+
+    def remembered(self, key_hash: str) -> tuple[int, KeyGrant] | None:
+        """(epoch read at, grant) of a known key read within the TTL, whatever the epoch is now."""
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic() or entry[2] is None:
+            return None
+        return entry[1], entry[2]
 
     def put(self, key_hash: str, epoch: int, grant: KeyGrant | None) -> None:
         if len(self._entries) > 50_000:
@@ -139,6 +157,7 @@ class _LocalGrantCache:
 
 
 _local_cache = _LocalGrantCache()
+_remembered_grants = _LocalGrantCache()
 _background_tasks: set[asyncio.Task] = set()
 
 
@@ -153,7 +172,8 @@ async def _touch_if_due(key_id: int, due: bool) -> None:
         _in_background(run_db(touch_last_used, key_id=key_id))
 
 
-async def resolve_grant(presented: str) -> KeyGrant:
+async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> tuple[KeyGrant, int | None]:
+    """The presented key's grant, and the access epoch still to be confirmed for it (None if confirmed)."""
     key_hash = keys.hash_key(presented)
     client = fast_redis()
     if client is None:
@@ -164,7 +184,13 @@ async def resolve_grant(presented: str) -> KeyGrant:
             _local_cache.put(key_hash, epoch, grant)
         grant = _check_not_expired(grant, presented)
         await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
-        return grant
+        return grant, None
+
+    if allow_unconfirmed and (remembered := _remembered_grants.remembered(key_hash)) is not None:
+        epoch, grant = remembered
+        if grant.expires_at is None or grant.expires_at > time.time():  # else let a confirmed read refuse it
+            await _note_use(client, grant)
+            return grant, epoch
 
     try:
         cached, epoch = await client.mget(_GRANT_KEY + key_hash, ACCESS_EPOCH_KEY)
@@ -172,7 +198,7 @@ async def resolve_grant(presented: str) -> KeyGrant:
         logger.warning("Redis unavailable for key lookup; reading the database instead", exc_info=True)
         grant = _check_not_expired(await run_db(find_key_grant, key_hash=key_hash), presented)
         await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
-        return grant
+        return grant, None
 
     epoch = int(epoch or 0)
     grant: KeyGrant | None = None
@@ -186,7 +212,14 @@ async def resolve_grant(presented: str) -> KeyGrant:
             await client.set(_GRANT_KEY + key_hash, payload, ex=settings.API_KEY_CACHE_SECONDS)
         except Exception:
             logger.warning("could not cache a key grant in Redis", exc_info=True)
+    if grant is not None:
+        _remembered_grants.put(key_hash, epoch, grant)
     grant = _check_not_expired(grant, presented)
+    await _note_use(client, grant)
+    return grant, None
+
+
+async def _note_use(client: FastRedis, grant: KeyGrant) -> None:
     if _local_cache.should_touch(grant.key_id):
         # Once a minute per process at most, and the NX key makes it once a minute across processes.
         try:
@@ -196,12 +229,25 @@ async def resolve_grant(presented: str) -> KeyGrant:
         except Exception:
             due = True
         await _touch_if_due(grant.key_id, due)
-    return grant
 
 
-async def authenticate_api_request(*, authorization: str | None, workspace_header: str | None) -> ApiCaller:
-    grant = await resolve_grant(_presented_key(authorization))
-    return ApiCaller(grant=grant, workspace=select_workspace(grant, workspace_header))
+async def authenticate_api_request(
+    *, authorization: str | None, workspace_header: str | None, allow_unconfirmed: bool = False
+) -> ApiCaller:
+    """The caller, or InvalidApiKey / WorkspaceAccessDenied.
+
+    `allow_unconfirmed`: the caller will reserve quota, which confirms a remembered grant's epoch.
+    """
+    presented = _presented_key(authorization)
+    grant, unconfirmed_epoch = await resolve_grant(presented, allow_unconfirmed=allow_unconfirmed)
+    if unconfirmed_epoch is None:
+        return ApiCaller(grant=grant, workspace=select_workspace(grant, workspace_header))
+    try:
+        workspace = select_workspace(grant, workspace_header)
+    except WorkspaceAccessDenied:
+        # The remembered grant may predate a new membership: only a confirmed grant may refuse.
+        return await authenticate_api_request(authorization=authorization, workspace_header=workspace_header)
+    return ApiCaller(grant=grant, workspace=workspace, unconfirmed_epoch=unconfirmed_epoch)
 
 
 class ApiKeyAuthentication(BaseAuthentication):

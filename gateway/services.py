@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from accounts.access import confirm_access_epoch
 from apikeys.authentication import ApiCaller
 from billing.idempotency import (
     REPLAYED_HEADER,
@@ -223,7 +224,11 @@ async def admit(
 async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reservation:
     try:
         return await reserve_message(
-            request_id=request_id, workspace=caller.workspace, user_id=caller.user_id, byok=route.byok
+            request_id=request_id,
+            workspace=caller.workspace,
+            user_id=caller.user_id,
+            byok=route.byok,
+            access_epoch=caller.unconfirmed_epoch,
         )
     except QuotaExceeded as exc:
         raise quota_error(exc) from None
@@ -342,8 +347,14 @@ async def idempotently(
 async def _proxy(
     endpoint: _Endpoint, *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes, idempotency_key: str | None
 ) -> GatewayCall:
-    model, entry = await admit(caller=caller, body=body, check=endpoint.check, kind="chat")
-    route = route_chat(entry=entry, caller=caller)
+    try:
+        model, entry = await admit(caller=caller, body=body, check=endpoint.check, kind="chat")
+        route = route_chat(entry=entry, caller=caller)
+    except ApiError:
+        if caller.unconfirmed_epoch is not None:
+            # A refusal must rest on current access (a plan upgraded a moment ago, say), not on memory.
+            await confirm_access_epoch(caller.unconfirmed_epoch)
+        raise
     return await idempotently(
         caller=caller,
         idempotency_key=idempotency_key,

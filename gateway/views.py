@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.exceptions import APIException
 
+from accounts.access import AccessChanged
 from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_request
 from apikeys.throttling import ensure_address_allowed, note_invalid_key
 from billing.quotas import current_budget
@@ -29,10 +30,13 @@ logger = logging.getLogger(__name__)
 ApiView = Callable[..., Awaitable[HttpResponseBase]]
 
 
-def api_endpoint(*, method: str, name: str) -> Callable[[ApiView], ApiView]:
+def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Callable[[ApiView], ApiView]:
     """Method check, bearer authentication and OpenAI-shaped errors around an async /v1 view.
 
-    `name` labels the request in metrics and the ledger ("chat.completions").
+    `name` labels the request in metrics and the ledger ("chat.completions"). `reserves_quota`: the
+    view reserves quota before anything else happens, so it may run on a grant remembered in memory
+    whose access epoch the reservation confirms; if access changed meanwhile, the view runs again
+    with a freshly read grant. (Not with an Idempotency-Key: a replay reserves nothing.)
     """
 
     def decorate(view: ApiView) -> ApiView:
@@ -49,17 +53,29 @@ def api_endpoint(*, method: str, name: str) -> Callable[[ApiView], ApiView]:
                 response["Allow"] = method
                 return response
             address = request.META.get("REMOTE_ADDR") or ""
-            try:
-                await ensure_address_allowed(address)
+
+            async def authenticate(*, allow_unconfirmed: bool) -> ApiCaller:
                 try:
-                    caller = await authenticate_api_request(
+                    return await authenticate_api_request(
                         authorization=request.headers.get("Authorization"),
                         workspace_header=request.headers.get("x-writingmate-workspace"),
+                        allow_unconfirmed=allow_unconfirmed,
                     )
                 except InvalidApiKey:
                     await note_invalid_key(address)
                     raise
-                return await view(request, caller, **kwargs)
+
+            try:
+                await ensure_address_allowed(address)
+                caller = await authenticate(
+                    allow_unconfirmed=reserves_quota and "idempotency-key" not in request.headers
+                )
+
+                try:
+                    return await view(request, caller, **kwargs)
+                except AccessChanged:
+                    # Nothing was held or sent upstream yet: start over on a freshly read grant.
+                    return await view(request, await authenticate(allow_unconfirmed=False), **kwargs)
             except ApiError as exc:
                 return error_response(exc)
             except APIException as exc:
@@ -130,12 +146,12 @@ async def _proxied_json(request: HttpRequest, caller: ApiCaller, create: Callabl
     return _respond(request, call)
 
 
-@api_endpoint(method="POST", name="chat.completions")
+@api_endpoint(method="POST", name="chat.completions", reserves_quota=True)
 async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     return await _proxied_json(request, caller, services.create_chat_completion)
 
 
-@api_endpoint(method="POST", name="completions")
+@api_endpoint(method="POST", name="completions", reserves_quota=True)
 async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     return await _proxied_json(request, caller, services.create_completion)
 

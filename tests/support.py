@@ -34,6 +34,7 @@ def run_async(coro):
 def reset_process_state() -> None:
     """Forget every cache a previous test may have filled: local grants, catalogue, test Redis."""
     authentication._local_cache = authentication._LocalGrantCache()
+    authentication._remembered_grants = authentication._LocalGrantCache()
     # The live server shares this process: its blocked addresses and sign-in counters would carry over.
     throttling.forget_blocked_addresses()
     cache.clear()

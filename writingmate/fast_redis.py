@@ -163,6 +163,9 @@ class FastRedis:
             connection = await self._connect()
         return await self._await(connection, connection.send(_encode(args)))
 
+    async def get(self, key: str) -> bytes | None:
+        return await self.execute("GET", key)
+
     async def mget(self, *keys: str) -> list[bytes | None]:
         return await self.execute("MGET", *keys)  # type: ignore[return-value]
 
