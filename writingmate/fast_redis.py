@@ -69,9 +69,15 @@ def _parse(buffer: bytes, pos: int) -> tuple[object, int]:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection; replies go to waiters in order. One timer watches the oldest unanswered command,
+    so a command costs no timer of its own."""
+
+    def __init__(self, timeout_seconds: float) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future] = deque()
+        self.deadlines: deque[float] = deque()  # when each waiting command's reply is due
+        self.timeout_seconds = timeout_seconds
+        self.timer: asyncio.TimerHandle | None = None
         self.buffer = b""
         self.closed = False
 
@@ -87,6 +93,7 @@ class _Connection(asyncio.Protocol):
             except _Incomplete:
                 break
             waiter = self.waiting.popleft()
+            self.deadlines.popleft()
             if not waiter.done():
                 if isinstance(reply, RedisReplyError):
                     waiter.set_exception(reply)
@@ -99,6 +106,10 @@ class _Connection(asyncio.Protocol):
 
     def fail(self, exc: Exception) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
         while self.waiting:
             waiter = self.waiting.popleft()
             if not waiter.done():
@@ -107,10 +118,23 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, payload: bytes) -> asyncio.Future:
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self.waiting.append(waiter)
+        self.deadlines.append(loop.time() + self.timeout_seconds)
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadlines[0], self._check_deadline)
         self.transport.write(payload)
         return waiter
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        if not self.deadlines:
+            return
+        if self.deadlines[0] <= asyncio.get_running_loop().time():
+            self.fail(RedisUnavailable("Redis did not answer in time"))
+        else:
+            self.timer = asyncio.get_running_loop().call_at(self.deadlines[0], self._check_deadline)
 
 
 class FastRedis:
@@ -136,7 +160,8 @@ class FastRedis:
                 return self._connection
             try:
                 _, connection = await asyncio.wait_for(
-                    loop.create_connection(_Connection, self.host, self.port), self.timeout_seconds
+                    loop.create_connection(lambda: _Connection(self.timeout_seconds), self.host, self.port),
+                    self.timeout_seconds,
                 )
             except (OSError, TimeoutError) as exc:
                 raise RedisUnavailable(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
@@ -146,22 +171,15 @@ class FastRedis:
             if self.db:
                 setup.append(("SELECT", self.db))
             for command in setup:
-                await self._await(connection, connection.send(_encode(command)))
+                await connection.send(_encode(command))
             self._connection = connection
             return connection
-
-    async def _await(self, connection: _Connection, waiter: asyncio.Future) -> object:
-        try:
-            return await asyncio.wait_for(waiter, self.timeout_seconds)
-        except TimeoutError:
-            connection.fail(RedisUnavailable("Redis did not answer in time"))
-            raise RedisUnavailable("Redis did not answer in time") from None
 
     async def execute(self, *args: bytes | str | int | float) -> object:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
-        return await self._await(connection, connection.send(_encode(args)))
+        return await connection.send(_encode(args))
 
     async def get(self, key: str) -> bytes | None:
         return await self.execute("GET", key)
