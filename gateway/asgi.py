@@ -11,11 +11,13 @@ the request's finalizers (billing) once the response is out or the client is gon
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
+from typing import IO
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -27,6 +29,7 @@ from django.urls.resolvers import RoutePattern
 from gateway import metrics
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
+from gateway.streaming import EventStreamResponse
 from gateway.urls import api_patterns
 from writingmate.logs import bind_request_id, log_access, unbind_request_id
 from writingmate.redis_connection import close_async_redis
@@ -42,7 +45,7 @@ def is_api_path(path: str) -> bool:
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{os.urandom(16).hex()}"
 
 
 class _BodyTooLarge(Exception):
@@ -90,6 +93,25 @@ class ApiHandler(ASGIHandler):
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         await self.handle(scope, receive, send)
+
+    async def send_response(self, response: HttpResponseBase, send: Callable) -> None:
+        """Django's, without its per-chunk wrappers: /v1 bodies are bytes already and set no cookies."""
+        if response.cookies or (response.streaming and not isinstance(response, EventStreamResponse)):
+            await super().send_response(response, send)
+            return
+        headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        if not isinstance(response, EventStreamResponse):
+            await send({"type": "http.response.body", "body": response.content})
+            return
+        events = response.events
+        try:
+            async for chunk in events:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await events.aclose()
+        await send({"type": "http.response.body"})
 
     async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
         # Django's version logs every 4xx through a thread; /v1 logs its own errors.
@@ -187,11 +209,16 @@ class ApiHandler(ASGIHandler):
                 duration_seconds=duration,
             )
 
-    async def _read_body(self, scope: dict, receive: Callable, limit: int) -> tempfile.SpooledTemporaryFile:
+    async def _read_body(self, scope: dict, receive: Callable, limit: int) -> IO[bytes]:
+        declared = None
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _BodyTooLarge
-        body_file = tempfile.SpooledTemporaryFile(max_size=_BODY_SPOOL_BYTES, mode="w+b")
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+                if declared > limit:
+                    raise _BodyTooLarge
+        # A body announced as small stays in memory; others may spill to disk past the spool size.
+        small = declared is not None and declared <= _BODY_SPOOL_BYTES
+        body_file = io.BytesIO() if small else tempfile.SpooledTemporaryFile(max_size=_BODY_SPOOL_BYTES, mode="w+b")
         size = 0
         while True:
             message = await receive()

@@ -195,8 +195,15 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
     return event
 
 
-def sse_response(chunks: AsyncIterator[bytes], *, headers: dict[str, str]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(chunks, content_type="text/event-stream; charset=utf-8")
-    for name, value in {**SSE_HEADERS, **headers}.items():
-        response[name] = value
-    return response
+class EventStreamResponse(StreamingHttpResponse):
+    """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
+
+    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str]) -> None:
+        super().__init__(events, content_type="text/event-stream; charset=utf-8")
+        self.events = events
+        for name, value in {**SSE_HEADERS, **headers}.items():
+            self[name] = value
+
+
+def sse_response(chunks: AsyncIterator[bytes], *, headers: dict[str, str]) -> EventStreamResponse:
+    return EventStreamResponse(chunks, headers=headers)

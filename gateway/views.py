@@ -57,8 +57,8 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
             async def authenticate(*, allow_unconfirmed: bool) -> ApiCaller:
                 try:
                     return await authenticate_api_request(
-                        authorization=request.headers.get("Authorization"),
-                        workspace_header=request.headers.get("x-writingmate-workspace"),
+                        authorization=request.META.get("HTTP_AUTHORIZATION"),
+                        workspace_header=request.META.get("HTTP_X_WRITINGMATE_WORKSPACE"),
                         allow_unconfirmed=allow_unconfirmed,
                     )
                 except InvalidApiKey:
@@ -68,7 +68,7 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
             try:
                 await ensure_address_allowed(address)
                 caller = await authenticate(
-                    allow_unconfirmed=reserves_quota and "idempotency-key" not in request.headers
+                    allow_unconfirmed=reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
                 )
 
                 try:
@@ -141,7 +141,7 @@ async def _proxied_json(request: HttpRequest, caller: ApiCaller, create: Callabl
         body=_json_body(request),
         request_id=request.request_id,
         raw_body=request.body,
-        idempotency_key=request.headers.get("Idempotency-Key"),
+        idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
     )
     return _respond(request, call)
 
