@@ -7,6 +7,7 @@ are recomputed from it, so every function here is safe to re-run.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -157,20 +158,40 @@ def _ledger_row(entry: LedgerEntry) -> tuple:
     )
 
 
+@functools.cache
+def _json_insert_sql() -> str:
+    """PostgreSQL: one fixed statement for any batch size; the rows travel as one JSON array."""
+    table, columns = UsageEvent._meta.db_table, ", ".join(_LEDGER_COLUMNS)
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {columns} "  # noqa: S608
+        f"FROM json_populate_recordset(NULL::{table}, %s::json) ON CONFLICT (request_id, kind) DO NOTHING"
+    )
+
+
 def _insert_ledger_rows(entries: Sequence[LedgerEntry]) -> None:
-    """One multi-row INSERT that skips lines already there (idempotent per request id and kind).
+    """One INSERT of the whole batch that skips lines already there (idempotent per request id and kind).
 
     Written as SQL rather than bulk_create: building model instances and compiling the query cost
-    ~0.5 ms of CPU per batch here, which at low concurrency is a batch per request.
+    ~0.5 ms of CPU per batch here. On PostgreSQL the rows go as one JSON parameter: the statement
+    never changes, so psycopg converts it once, where a VALUES list growing with the batch was parsed
+    again every time (13 us of CPU per line, more than the JSON encoding and the database's decoding).
     """
-    table = UsageEvent._meta.db_table
-    # Only constants and placeholders go into the text; the values travel as parameters.
-    sql = (
-        f"INSERT INTO {table} ({', '.join(_LEDGER_COLUMNS)}) VALUES {', '.join([_LEDGER_ROW] * len(entries))} "  # noqa: S608
-        "ON CONFLICT (request_id, kind) DO NOTHING"
-    )
+    rows = [_ledger_row(entry) for entry in entries]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for entry in entries for value in _ledger_row(entry)])
+        if connection.vendor == "postgresql":
+            # The row ends with the day and created_at, which JSON carries as ISO 8601 text.
+            batch = [
+                dict(zip(_LEDGER_COLUMNS, (*row[:-2], row[-2].isoformat(), row[-1].isoformat()), strict=True))
+                for row in rows
+            ]
+            cursor.execute(_json_insert_sql(), [json.dumps(batch)])
+            return
+        # Only constants and placeholders go into the text; the values travel as parameters.
+        sql = (
+            f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(_LEDGER_COLUMNS)}) "  # noqa: S608
+            f"VALUES {', '.join([_LEDGER_ROW] * len(rows))} ON CONFLICT (request_id, kind) DO NOTHING"
+        )
+        cursor.execute(sql, [value for row in rows for value in row])
 
 
 def write_ledger_entries(*, entries: Sequence[LedgerEntry], release_request_ids: Sequence[str] = ()) -> None:
