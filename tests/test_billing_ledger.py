@@ -61,9 +61,9 @@ def reservation_for(user, request_id: str) -> Reservation:
     return Reservation(request_id, user.current_workspace_id, user.pk, False, budget, billing_day())
 
 
-@TRANSACTIONAL
-def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_own_line(monkeypatch) -> None:
-    user = make_user("batch@example.com").user
+@pytest.fixture
+def ledger_writes(monkeypatch) -> list[int]:
+    """The size of each batch written to the ledger, in order."""
     calls: list[int] = []
     original = recording.run_db
 
@@ -73,6 +73,12 @@ def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_o
         return await original(fn, *args, **kwargs)
 
     monkeypatch.setattr(recording, "run_db", counting_run_db)
+    return calls
+
+
+@TRANSACTIONAL
+def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_own_line(ledger_writes) -> None:
+    user = make_user("batch@example.com").user
 
     async def scenario():
         return await asyncio.gather(
@@ -86,23 +92,14 @@ def test_concurrent_finishes_share_database_round_trips_and_each_waits_for_its_o
 
     assert counted == [1] * 200
     assert UsageEvent.objects.count() == 200
-    assert sum(calls) == 200
-    assert len(calls) <= 4, calls  # the first request alone, then the rest in a batch or two
+    assert sum(ledger_writes) == 200
+    assert len(ledger_writes) <= 4, ledger_writes  # the first request alone, then the rest in a batch or two
 
 
 @TRANSACTIONAL
-def test_back_to_back_requests_of_one_client_share_one_write_within_the_linger(monkeypatch, settings) -> None:
+def test_back_to_back_requests_of_one_client_share_one_write_within_the_linger(ledger_writes, settings) -> None:
     settings.BILLING_LEDGER_LINGER_SECONDS = 0.3
     user = make_user("linger@example.com").user
-    calls: list[int] = []
-    original = recording.run_db
-
-    async def counting_run_db(fn, /, *args, **kwargs):
-        if fn is services.write_ledger_entries_isolating:
-            calls.append(len(kwargs["entries"]))
-        return await original(fn, *args, **kwargs)
-
-    monkeypatch.setattr(recording, "run_db", counting_run_db)
 
     async def one_after_another():
         finishing = []
@@ -117,7 +114,7 @@ def test_back_to_back_requests_of_one_client_share_one_write_within_the_linger(m
         return await asyncio.gather(*finishing)
 
     assert run(one_after_another()) == [1, 1, 1]
-    assert calls == [3]
+    assert ledger_writes == [3]
     assert UsageEvent.objects.filter(request_id__startswith="req_l").count() == 3
 
 
