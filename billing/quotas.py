@@ -831,8 +831,7 @@ async def settle_counters(items: Sequence[CounterSettle]) -> None:
         return
     try:
         settle = _scripts_for(client)[1]
-        # Concurrent calls share fast_redis's one connection: the batch goes out as one pipeline.
-        await asyncio.gather(*(settle(keys=keys, args=args) for keys, args in map(_settle_args, items)))
+        await settle.many([_settle_args(item) for item in items])  # the whole batch in one write
     except Exception as exc:
         _redis_health.failed(exc)
         logger.warning("quota: could not settle %d requests in Redis; counters will reconcile", len(items))

@@ -96,3 +96,19 @@ def test_a_script_loads_itself_on_first_use_and_then_runs_by_sha():
         return first, second, known
 
     assert run(scenario()) == ([b"fast:k", 42], [b"fast:k", 2], [1])
+
+
+@pytest.mark.redis
+def test_a_batch_of_script_runs_goes_out_in_one_write_and_loads_the_script_once_if_needed():
+    async def scenario():
+        client = FastRedis(settings.REDIS_URL, timeout_seconds=1)
+        await client.execute("SCRIPT", "FLUSH")
+        script = client.register_script("return ARGV[1] * 2")
+        doubled = await script.many([([], [n]) for n in range(5)])
+        replies = await client.execute_many([("SET", "fast:b", "1"), ("LPUSH", "fast:b", "x"), ("GET", "fast:b")])
+        await client.close()
+        return doubled, replies
+
+    doubled, (ok, wrongtype, value) = run(scenario())
+    assert doubled == [0, 2, 4, 6, 8]
+    assert ok == "OK" and isinstance(wrongtype, RedisReplyError) and value == b"1"

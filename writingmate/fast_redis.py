@@ -117,15 +117,20 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, payload: bytes) -> asyncio.Future:
+    def send(self, *payloads: bytes) -> list[asyncio.Future]:
+        """Write the commands in one go; a future per reply, in order."""
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self.waiting.append(waiter)
-        self.deadlines.append(loop.time() + self.timeout_seconds)
+        due = loop.time() + self.timeout_seconds
+        waiters = []
+        for _ in payloads:
+            waiter = loop.create_future()
+            self.waiting.append(waiter)
+            self.deadlines.append(due)
+            waiters.append(waiter)
         if self.timer is None:
             self.timer = loop.call_at(self.deadlines[0], self._check_deadline)
-        self.transport.write(payload)
-        return waiter
+        self.transport.write(payloads[0] if len(payloads) == 1 else b"".join(payloads))
+        return waiters
 
     def _check_deadline(self) -> None:
         self.timer = None
@@ -171,7 +176,7 @@ class FastRedis:
             if self.db:
                 setup.append(("SELECT", self.db))
             for command in setup:
-                await connection.send(_encode(command))
+                await connection.send(_encode(command))[0]
             self._connection = connection
             return connection
 
@@ -179,7 +184,22 @@ class FastRedis:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
-        return await connection.send(_encode(args))
+        return await connection.send(_encode(args))[0]
+
+    async def execute_many(self, commands: list[tuple[bytes | str | int | float, ...]]) -> list[object]:
+        """Several commands in one write; each reply, or its RedisReplyError, in order.
+
+        RedisUnavailable if the connection fails before every reply has come.
+        """
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        waiters = connection.send(*(_encode(command) for command in commands))
+        try:
+            await waiters[-1]  # replies come in order: the last one means all have come
+        except RedisReplyError:
+            pass
+        return [waiter.exception() or waiter.result() for waiter in waiters]
 
     async def get(self, key: str) -> bytes | None:
         return await self.execute("GET", key)
@@ -222,3 +242,16 @@ class Script:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
+
+    async def many(self, calls: list[tuple[list[str], list[object]]]) -> list[object]:
+        """Run the script once per (keys, args), all in one write. Raises the first error reply."""
+        results = await self.client.execute_many(
+            [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, RedisReplyError):
+                if not str(result).startswith("NOSCRIPT"):
+                    raise result
+                keys, args = calls[index]
+                results[index] = await self(keys=keys, args=args)
+        return results
