@@ -154,7 +154,7 @@ async def relay_events(
         raise
     finally:
         metrics.stream_closed()
-        await upstream.close()
+        await upstream.close(finished=finished)
 
 
 _MALFORMED = b"\x00malformed"

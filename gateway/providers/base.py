@@ -46,13 +46,19 @@ class UpstreamResponse:
     headers: Mapping[str, str]
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
-    release: Callable[[], Awaitable[None]] | None = None
+    release: Callable[[bool], Awaitable[None]] | None = None  # called with `finished`
 
-    async def close(self) -> None:
-        """Release the connection; for an unfinished stream this aborts it, so the upstream stops."""
+    async def close(self, *, finished: bool = False) -> None:
+        """Release the connection; for an unfinished stream this aborts it, so the upstream stops.
+
+        `finished`: the stream ended as it should (`[DONE]`), so the connection may be kept.
+        """
         if self.release is not None:
             release, self.release = self.release, None
-            await release()
+            await release(finished)
+        if self.chunks is not None and hasattr(self.chunks, "aclose"):
+            # Closed here, not left to the garbage collector (which hops through the loop to close it).
+            await self.chunks.aclose()
 
 
 class Provider(Protocol):
