@@ -261,7 +261,7 @@ class ApiApplication:
 
     async def _serve_site(self, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.monotonic()
-        status = 500
+        status = 499  # no response: the client left first (Django stops on RequestAborted)
 
         async def send_noting_status(message: dict) -> None:
             nonlocal status
@@ -271,6 +271,10 @@ class ApiApplication:
 
         try:
             await self.site_application(scope, receive, send_noting_status)
+        except BaseException:
+            if status == 499:
+                status = 500  # uvicorn answers for an application that failed before responding
+            raise
         finally:
             log_access(scope, status=status, duration_seconds=time.monotonic() - started)
 

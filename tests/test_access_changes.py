@@ -35,6 +35,7 @@ def url(live_server, fake_upstream):
 def test_a_revoked_key_stops_on_the_next_completion(url, fake_upstream, plan):
     caller = make_user(plan=plan)
     assert requests.post(url, json=chat(), headers=auth(caller.key), timeout=10).status_code == 200
+    settle_ledger(1)  # SQLite: the server's write is done before this test writes
 
     revoke_api_key(key=DeveloperKey.objects.get(user=caller.user))
     response = requests.post(url, json=chat(), headers=auth(caller.key), timeout=10)
@@ -49,6 +50,7 @@ def test_a_plan_upgrade_allows_a_model_on_the_next_request(url, fake_upstream):
     assert requests.post(url, json=chat(), headers=auth(caller.key), timeout=10).status_code == 200
     premium = chat(model="openai/gpt-5")
     assert requests.post(url, json=premium, headers=auth(caller.key), timeout=10).status_code == 403
+    settle_ledger(1)
 
     workspace = caller.workspace
     workspace.plan = Plan.objects.get(slug="pro")
@@ -64,6 +66,7 @@ def test_a_plan_upgrade_allows_a_model_on_the_next_request(url, fake_upstream):
 def test_a_request_that_starts_over_after_an_access_change_is_held_and_counted_once(url, fake_upstream, plan):
     caller = make_user(plan=plan)
     first = requests.post(url, json=chat(), headers=auth(caller.key), timeout=10)
+    settle_ledger(1)
     bump_access_epoch()  # any change anywhere: the remembered grant is no longer confirmed
     second = requests.post(url, json=chat(), headers=auth(caller.key), timeout=10)
     settle_ledger(2)
@@ -81,6 +84,7 @@ def test_a_request_that_starts_over_after_an_access_change_is_held_and_counted_o
 def test_a_new_byok_key_is_used_on_the_next_request(url, fake_upstream):
     caller = make_user(plan="free")
     assert requests.post(url, json=chat(), headers=auth(caller.key), timeout=10).status_code == 200
+    settle_ledger(1)
 
     set_openrouter_key(user=caller.user, key="sk-or-v1-" + "b" * 64)
     assert requests.post(url, json=chat(), headers=auth(caller.key), timeout=10).status_code == 200
@@ -93,6 +97,7 @@ def test_a_new_byok_key_is_used_on_the_next_request(url, fake_upstream):
 def test_a_workspace_joined_a_moment_ago_can_be_chosen_on_the_next_request(url, fake_upstream):
     member = make_user("member@example.com", plan="free")
     assert requests.post(url, json=chat(), headers=auth(member.key), timeout=10).status_code == 200
+    settle_ledger(1)
     owner = make_user("owner@example.com", plan="free")
     team = create_workspace(user=owner.user, name="Team")
     add_member_by_email(actor=owner.user, workspace=team, email=member.user.email)

@@ -211,6 +211,7 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_the_usage_chart_renders_in_a_real_browser(browser, live_server, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     owner = make_user("chart@example.com", password=PASSWORD).user
     for i in range(3):
@@ -222,7 +223,8 @@ def test_the_usage_chart_renders_in_a_real_browser(browser, live_server, tmp_pat
     browser.find_element(By.NAME, "username").send_keys("chart@example.com")
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-    browser.find_element(By.TAG_NAME, "h1")
+    # The login page has an h1 too: wait until the sign-in has landed, not merely for a heading.
+    WebDriverWait(browser, 10).until(lambda driver: "/login/" not in driver.current_url)
     browser.get(f"{live_server.url}/settings/usage/")
 
     assert browser.find_element(By.TAG_NAME, "h1").text == "Usage"

@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,43 @@ def test_uvicorns_colour_copy_of_the_message_is_left_out(captured):
     [line] = lines(captured)
     assert line["message"] == "Started server process [42]"
     assert "color_message" not in line
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_access_line_per_request_once_the_response_is_out(live_server, caplog):
+    import requests
+
+    from tests.support import make_user
+
+    caller = make_user()
+    caplog.set_level(logging.INFO, logger="writingmate.access")
+    api = requests.get(f"{live_server.v1_base}/models", headers={"Authorization": f"Bearer {caller.key}"}, timeout=10)
+    site = requests.get(f"{live_server.url}/login/?next=/settings/", timeout=10)
+
+    def access_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "writingmate.access"]
+
+    for _ in range(100):  # written just after the response, so maybe a moment after the client has it
+        if len(access_lines()) >= 2:
+            break
+        time.sleep(0.02)
+    access = access_lines()
+    assert [r.getMessage().split('"')[1] for r in access] == [
+        "GET /v1/models HTTP/1.1",
+        "GET /login/?next=/settings/ HTTP/1.1",
+    ]
+    assert [r.getMessage().split('" ')[1].split()[0] for r in access] == ["200", "200"]
+    assert access[0].request_id == api.headers["x-request-id"] and site.status_code == 200
+
+
+def test_uvicorns_own_access_log_is_off_once_django_has_configured_logging():
+    # As `uvicorn writingmate.asgi:application` does it: uvicorn's logging first, then the app's import.
+    script = (
+        "import logging, uvicorn; uvicorn.Config('writingmate.asgi:application').configure_logging(); "
+        "import writingmate.asgi; print(logging.getLogger('uvicorn.access').hasHandlers())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=production_env(), cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # it would write before the response headers; ours writes after
