@@ -130,8 +130,7 @@ def _uvicorn_server(django_db_setup: None, django_db_blocker) -> Iterator[LiveSe
 
     port = _free_port()
     server = uvicorn.Server(
-        # log_config=None: Django's LOGGING stays in charge, as when uvicorn imports the app in production.
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio")
+        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
