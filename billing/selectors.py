@@ -12,7 +12,7 @@ from accounts.access import WorkspaceAccess, load_user_access
 from accounts.models import Membership, User
 from apikeys.models import DeveloperKey
 from billing.models import DailyMessageCount, UsageEvent
-from billing.quotas import Scope, billing_day, reserve_in_database, scopes_for
+from billing.quotas import billing_day, reserve_in_database, scopes_for
 
 USAGE_PAGE_DAYS = 30
 
@@ -65,7 +65,7 @@ class UsageSummary:
 def limit_usage(*, workspace: WorkspaceAccess, user_id: int) -> tuple[LimitUsage, ...]:
     """Each limit that applies today with its used (settled + in-flight on the database path) and remaining."""
     day = billing_day()
-    scopes: list[Scope] = scopes_for(workspace=workspace, user_id=user_id, day=day)
+    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day)
     if not scopes:
         return ()
     _admitted, figures = reserve_in_database(
