@@ -77,6 +77,7 @@ class ApiHandler(ASGIHandler):
         self._exception_middleware = []
         self._middleware_chain = self._respond
         self._exact_routes: dict[str, Callable] | None = None
+        self.in_flight = 0
 
     def _exact_route(self, path: str) -> Callable | None:
         """The view for a fixed /v1 path: a dict lookup instead of walking the URL resolver."""
@@ -139,9 +140,11 @@ class ApiHandler(ASGIHandler):
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
         request_id = new_request_id()
         token = bind_request_id(request_id)
+        self.in_flight += 1  # until its billing is done too, not just its response
         try:
             await self._handle(scope, receive, send, request_id)
         finally:
+            self.in_flight -= 1
             unbind_request_id(token)
 
     async def _handle(self, scope: dict, receive: Callable, send: Callable, request_id: str) -> None:

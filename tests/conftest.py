@@ -159,9 +159,16 @@ def _close_database_sessions() -> None:
 
 
 @pytest.fixture
-def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> LiveServer:
+def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> Iterator[LiveServer]:
     """The real ASGI app under uvicorn on a loopback port; data the test writes is committed."""
-    return _uvicorn_server
+    yield _uvicorn_server
+    # A request's ledger line is written after its response: let it land before the database is
+    # flushed, or it would turn up in the next test.
+    from writingmate.asgi import application
+
+    deadline = time.monotonic() + 10
+    while application.api_handler.in_flight and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 @pytest.fixture
