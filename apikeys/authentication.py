@@ -9,7 +9,6 @@ revoked key or a changed plan still takes effect on the very next request.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from accounts.access import ACCESS_EPOCH_KEY, WorkspaceAccess, local_access_epoc
 from accounts.models import User
 from apikeys import keys
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
+from writingmate.background import run_in_background
 from writingmate.db import run_db
 from writingmate.fast_redis import FastRedis
 from writingmate.redis_connection import fast_redis
@@ -158,18 +158,11 @@ class _LocalGrantCache:
 
 _local_cache = _LocalGrantCache()
 _remembered_grants = _LocalGrantCache()
-_background_tasks: set[asyncio.Task] = set()
-
-
-def _in_background(coro) -> None:
-    task = asyncio.ensure_future(coro)
-    _background_tasks.add(task)
-    task.add_done_callback(_background_tasks.discard)
 
 
 async def _touch_if_due(key_id: int, due: bool) -> None:
     if due:
-        _in_background(run_db(touch_last_used, key_id=key_id))
+        run_in_background(run_db(touch_last_used, key_id=key_id))
 
 
 async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> tuple[KeyGrant, int | None]:

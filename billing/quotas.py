@@ -31,6 +31,7 @@ from django.utils import timezone
 from accounts.access import ACCESS_EPOCH_KEY, AccessChanged, WorkspaceAccess, confirm_access_epoch
 from accounts.models import Workspace
 from billing.models import QuotaReservation, UsageEvent
+from writingmate.background import run_in_background
 from writingmate.db import run_db
 from writingmate.redis_connection import fast_redis, sync_redis
 
@@ -624,15 +625,6 @@ def rebuild_counter_sync(*, client: object, counter: Counter) -> None:
         rebuild(keys=list(counter.redis_keys), args=args)
 
 
-_background: set[asyncio.Task] = set()
-
-
-def _in_background(coro: object) -> None:
-    task = asyncio.ensure_future(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 async def _reconcile(client: object, counters: Sequence[Counter]) -> None:
     """The periodic merge: lines of the last few intervals, enough to catch settles Redis missed.
 
@@ -677,7 +669,7 @@ async def _run_reserve_script(
             continue
         if result[1]:
             # Once per interval a caller merges the ledger in, healing settles Redis missed.
-            _in_background(_reconcile(client, counters))
+            run_in_background(_reconcile(client, counters))
         figures = {c.key: (result[2 + 2 * i], result[3 + 2 * i]) for i, c in enumerate(counters)}
         return result[0] == 0, figures
     raise RuntimeError("quota counters could not be rebuilt")

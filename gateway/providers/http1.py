@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from writingmate.background import run_in_background
+
 _KEEPALIVE_SECONDS = 30.0
 _DRAIN_SECONDS = 1.0  # how long the end of a finished stream (its last chunk marker) may take to come
 _PAUSE_ABOVE_BYTES = 256 * 1024  # buffered and not yet taken by the relay
@@ -321,7 +323,7 @@ class Response:
         self._released = True
         connection = self._connection
         if finished and not connection.complete and not connection.closed and connection.error is None:
-            _in_background(self._drain())
+            run_in_background(self._drain())
             return
         self._settle()
 
@@ -343,15 +345,6 @@ class Response:
             pass
         finally:
             self._settle()  # pooled only if the body ended with nothing more after the caller's end
-
-
-_background: set[asyncio.Task] = set()
-
-
-def _in_background(coro: object) -> None:
-    task = asyncio.ensure_future(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Origin, _Pool]] = weakref.WeakKeyDictionary()
