@@ -138,9 +138,11 @@ def local_access_epoch() -> int:
 async def confirm_access_epoch(epoch: int) -> None:
     """Raise AccessChanged unless Redis still holds `epoch`, i.e. no access changed since it was read."""
     client = fast_redis()
+    if client is None:
+        raise AccessChanged("no Redis holds the access epoch")
     try:
-        current = await client.get(ACCESS_EPOCH_KEY) if client is not None else None
+        current = await client.get(ACCESS_EPOCH_KEY)
     except Exception as exc:
         raise AccessChanged("the access epoch could not be read") from exc
-    if client is None or int(current or 0) != epoch:
+    if int(current or 0) != epoch:
         raise AccessChanged(f"access epoch {epoch} is no longer current")

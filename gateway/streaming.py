@@ -203,7 +203,3 @@ class EventStreamResponse(StreamingHttpResponse):
         self.events = events
         for name, value in {**SSE_HEADERS, **headers}.items():
             self[name] = value
-
-
-def sse_response(chunks: AsyncIterator[bytes], *, headers: dict[str, str]) -> EventStreamResponse:
-    return EventStreamResponse(chunks, headers=headers)

@@ -22,7 +22,7 @@ from billing.quotas import current_budget
 from gateway import catalogue, responses_service, services, transcriptions
 from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
 from gateway.finalizers import add_finalizer
-from gateway.streaming import sse_response
+from gateway.streaming import EventStreamResponse
 from gateway.validation import parse_json_object
 
 logger = logging.getLogger(__name__)
@@ -52,30 +52,15 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
                 response = error_response(error)
                 response["Allow"] = method
                 return response
-            address = request.META.get("REMOTE_ADDR") or ""
-
-            async def authenticate(*, allow_unconfirmed: bool) -> ApiCaller:
-                try:
-                    return await authenticate_api_request(
-                        authorization=request.META.get("HTTP_AUTHORIZATION"),
-                        workspace_header=request.META.get("HTTP_X_WRITINGMATE_WORKSPACE"),
-                        allow_unconfirmed=allow_unconfirmed,
-                    )
-                except InvalidApiKey:
-                    await note_invalid_key(address)
-                    raise
-
             try:
-                await ensure_address_allowed(address)
-                caller = await authenticate(
-                    allow_unconfirmed=reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
-                )
-
+                await ensure_address_allowed(request.META.get("REMOTE_ADDR") or "")
+                allow_unconfirmed = reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
+                caller = await _authenticate(request, allow_unconfirmed=allow_unconfirmed)
                 try:
                     return await view(request, caller, **kwargs)
                 except AccessChanged:
                     # Nothing was held or sent upstream yet: start over on a freshly read grant.
-                    return await view(request, await authenticate(allow_unconfirmed=False), **kwargs)
+                    return await view(request, await _authenticate(request, allow_unconfirmed=False), **kwargs)
             except ApiError as exc:
                 return error_response(exc)
             except APIException as exc:
@@ -88,6 +73,18 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
         return wrapper
 
     return decorate
+
+
+async def _authenticate(request: HttpRequest, *, allow_unconfirmed: bool) -> ApiCaller:
+    try:
+        return await authenticate_api_request(
+            authorization=request.META.get("HTTP_AUTHORIZATION"),
+            workspace_header=request.META.get("HTTP_X_WRITINGMATE_WORKSPACE"),
+            allow_unconfirmed=allow_unconfirmed,
+        )
+    except InvalidApiKey:
+        await note_invalid_key(request.META.get("REMOTE_ADDR") or "")
+        raise
 
 
 def _json(payload: object, *, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -121,7 +118,7 @@ def _respond(request: HttpRequest, call: services.GatewayCall) -> HttpResponseBa
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, services.CompletionStream):
-        return sse_response(result.chunks, headers=result.headers)
+        return EventStreamResponse(result.chunks, headers=result.headers)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for name, value in result.headers.items():
         response[name] = value

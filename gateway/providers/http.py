@@ -64,6 +64,18 @@ async def post(url: str, *, headers: dict[str, str], data: bytes | aiohttp.FormD
     return await _post_form(url, headers=headers, data=data)
 
 
+def _no_answer_in_time() -> ProviderError:
+    return ProviderError("The upstream did not respond in time.", status=504, retryable=False, code="upstream_timeout")
+
+
+def _stalled_while_sending() -> ProviderError:
+    return ProviderError("The upstream stalled while sending its response.", status=504, code="upstream_timeout")
+
+
+def _dropped_while_sending() -> ProviderError:
+    return ProviderError("The upstream dropped the connection while sending its response.")
+
+
 def _timeouts() -> http1.Timeouts:
     return http1.Timeouts(
         connect=settings.UPSTREAM_CONNECT_TIMEOUT_SECONDS,
@@ -78,9 +90,7 @@ async def _post_bytes(url: str, *, headers: dict[str, str], body: bytes, stream:
             url, headers=headers, body=body, timeouts=_timeouts(), max_connections=settings.UPSTREAM_MAX_CONNECTIONS
         )
     except http1.UpstreamTimeout as exc:
-        raise ProviderError(
-            "The upstream did not respond in time.", status=504, retryable=False, code="upstream_timeout"
-        ) from exc
+        raise _no_answer_in_time() from exc
     except ConnectionError as exc:  # http1.UpstreamUnreachable, or UpstreamDropped before the headers
         raise ProviderError(f"Could not reach the upstream: {exc}.") from exc
     except ValueError as exc:
@@ -97,11 +107,9 @@ async def _post_bytes(url: str, *, headers: dict[str, str], body: bytes, stream:
     try:
         body = await response.read()
     except http1.UpstreamTimeout as exc:
-        raise ProviderError(
-            "The upstream stalled while sending its response.", status=504, code="upstream_timeout"
-        ) from exc
+        raise _stalled_while_sending() from exc
     except ConnectionError as exc:
-        raise ProviderError("The upstream dropped the connection while sending its response.") from exc
+        raise _dropped_while_sending() from exc
     finally:
         response.release()
     return UpstreamResponse(status=response.status, headers=response.headers, body=body)
@@ -130,9 +138,7 @@ async def _post_form(url: str, *, headers: dict[str, str], data: aiohttp.FormDat
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS):
             response = await session.post(url, data=data, headers=headers, timeout=_timeout(), allow_redirects=False)
     except TimeoutError as exc:
-        raise ProviderError(
-            "The upstream did not respond in time.", status=504, retryable=False, code="upstream_timeout"
-        ) from exc
+        raise _no_answer_in_time() from exc
     except aiohttp.ClientError as exc:
         raise ProviderError(f"Could not reach the upstream ({type(exc).__name__}).") from exc
 
@@ -140,11 +146,9 @@ async def _post_form(url: str, *, headers: dict[str, str], data: aiohttp.FormDat
     try:
         body = await response.read()
     except TimeoutError as exc:
-        raise ProviderError(
-            "The upstream stalled while sending its response.", status=504, code="upstream_timeout"
-        ) from exc
+        raise _stalled_while_sending() from exc
     except aiohttp.ClientError as exc:
-        raise ProviderError("The upstream dropped the connection while sending its response.") from exc
+        raise _dropped_while_sending() from exc
     finally:
         response.release()
     return UpstreamResponse(status=response.status, headers=response_headers, body=body)
