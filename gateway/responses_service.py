@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway import validation
 from gateway.catalogue import CatalogueEntry
 from gateway.errors import ApiError

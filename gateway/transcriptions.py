@@ -15,7 +15,8 @@ from typing import BinaryIO
 from django.conf import settings
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway.errors import ApiError, invalid_request
 from gateway.providers.base import UpstreamCall
 from gateway.routing import route_transcription
