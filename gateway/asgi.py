@@ -29,10 +29,10 @@ from django.urls import Resolver404, set_urlconf
 from django.urls.resolvers import RoutePattern
 
 from gateway import metrics
+from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
-from gateway.streaming import EventStreamResponse
-from gateway.urls import api_patterns
+from gateway.surfaces.openai.urls import api_patterns
 from writingmate.logs import bind_request_id, log_access, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 

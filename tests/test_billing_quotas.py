@@ -18,10 +18,11 @@ from django.utils import timezone
 from accounts.access import WorkspaceAccess, bump_access_epoch, load_user_access
 from accounts.models import AppSumoLicence, AppSumoTier, Plan
 from billing import quotas
+from billing.ledger import UsageRecord, record_usage
 from billing.models import DailyMessageCount, QuotaReservation, UsageEvent
 from billing.quotas import QuotaExceeded, Reservation, current_budget, reserve_message
-from billing.recording import UsageRecord, finish_request
-from billing.services import record_usage, rollup_daily_message_counts
+from billing.recording import finish_request
+from billing.rollups import rollup_daily_message_counts
 from tests.support import make_user
 from tests.support import run_async as run
 from writingmate.db import run_db
@@ -436,7 +437,8 @@ import django
 django.setup()
 from accounts.access import load_user_access
 from billing.quotas import QuotaExceeded, reserve_message
-from billing.recording import UsageRecord, finish_request
+from billing.ledger import UsageRecord
+from billing.recording import finish_request
 from writingmate.redis_connection import close_async_redis
 
 user_id, prefix = int(sys.argv[1]), sys.argv[2]

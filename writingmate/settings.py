@@ -209,7 +209,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE = {
     "rollup-daily-message-counts": {"task": "billing.tasks.rollup_daily_message_counts_task", "schedule": 60.0},
-    "settle-abandoned-streams": {"task": "billing.tasks.settle_pending_generations_task", "schedule": 120.0},
+    "settle-abandoned-streams": {"task": "gateway.tasks.settle_pending_generations_task", "schedule": 120.0},
     "purge-idempotent-requests": {"task": "billing.tasks.purge_idempotent_requests_task", "schedule": 3600.0},
     "sync-models": {"task": "gateway.tasks.sync_models_task", "schedule": 6 * 3600.0},
 }
