@@ -1,8 +1,10 @@
-"""/v1/responses served by the upstream's chat completions: translate, admit, call, translate back, bill.
+"""/v1/responses (and /v1/responses/compact) served by the upstream's chat completions: translate,
+admit, call, translate back, bill.
 
 The admission, the upstream call and billing are the chat path's own (gateway.services); what
-differs is only the shape on our side (gateway.responses_api). Streams are the chat relay's events
-turned into Responses events, so a client that disconnects is billed exactly as on the chat path.
+differs is only the shape on our side (gateway.surfaces.openai.responses). Streams are the chat
+relay's events turned into Responses events, so a client that disconnects is billed exactly as on
+the chat path. A compaction is one more model call, billed by the same formula.
 """
 
 from __future__ import annotations
@@ -17,14 +19,6 @@ from gateway import validation
 from gateway.catalogue import CatalogueEntry
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
-from gateway.responses_api import (
-    ChatTranslation,
-    ResponseEventStream,
-    chat_request_from_responses,
-    new_response_id,
-    response_from_chat,
-    sse_frame,
-)
 from gateway.routing import Route, route_chat
 from gateway.services import (
     Completion,
@@ -39,8 +33,13 @@ from gateway.services import (
     usage_record,
 )
 from gateway.streaming import CallOutcome, relay_events, split_events
+from gateway.surfaces.openai.responses.events import ResponseEventStream, sse_frame
+from gateway.surfaces.openai.responses.output import compacted_response, new_response_id, response_from_chat
+from gateway.surfaces.openai.responses.request import ChatTranslation, chat_request_from_responses
+from gateway.surfaces.openai.responses.tools import OMITTED_TOOLS_HEADER
 
 ENDPOINT = "responses"  # as recorded in the ledger
+COMPACT_ENDPOINT = "responses.compact"
 UPSTREAM_PATH = "/chat/completions"
 
 
@@ -94,20 +93,34 @@ async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStr
         await relay.aclose()
 
 
-def _translate(body: dict) -> ChatTranslation:
-    translation = chat_request_from_responses(body)
+def _translate(body: dict, *, compact: bool) -> ChatTranslation:
+    if compact:
+        body = {**body, "stream": False, "tools": None, "tool_choice": None}  # a compaction is one whole answer
+    translation = chat_request_from_responses(body, compact=compact)
     validation.check_chat_request(translation.chat_body)  # the chat path's own checks, as a backstop
     return translation
 
 
 async def create_response(
-    *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes = b"", idempotency_key: str | None = None
+    *,
+    caller: ApiCaller,
+    body: dict,
+    request_id: str,
+    raw_body: bytes = b"",
+    idempotency_key: str | None = None,
+    compact: bool = False,
 ) -> GatewayCall:
-    """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed."""
+    """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed.
+
+    `compact`: POST /responses/compact, answered with a CompactedResponse.
+    """
     translations: list[ChatTranslation] = []
     # admit() runs the check between the model and catalogue checks, as on the chat path.
     model, entry = await admit(
-        caller=caller, body=body, check=lambda raw: translations.append(_translate(raw)), kind="chat"
+        caller=caller,
+        body=body,
+        check=lambda raw: translations.append(_translate(raw, compact=compact)),
+        kind="chat",
     )
     translation = translations[0]
     route = route_chat(entry=entry, caller=caller)
@@ -117,9 +130,20 @@ async def create_response(
         raw_body=raw_body,
         stream=translation.stream,
         run=lambda: _respond(
-            caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
+            caller=caller,
+            translation=translation,
+            model=model,
+            entry=entry,
+            route=route,
+            request_id=request_id,
+            compact_endpoint=compact,
         ),
     )
+
+
+async def compact_response(*, caller: ApiCaller, body: dict, request_id: str, **kwargs: object) -> GatewayCall:
+    """POST /responses/compact: the conversation summarised into one compaction item."""
+    return await create_response(caller=caller, body=body, request_id=request_id, compact=True, **kwargs)
 
 
 async def _respond(
@@ -130,7 +154,9 @@ async def _respond(
     entry: CatalogueEntry,
     route: Route,
     request_id: str,
+    compact_endpoint: bool = False,
 ) -> GatewayCall:
+    endpoint = COMPACT_ENDPOINT if compact_endpoint else ENDPOINT
     reservation = await reserve(caller=caller, route=route, request_id=request_id)
 
     chat_body = {**translation.chat_body, "model": entry.upstream_name}
@@ -145,7 +171,7 @@ async def _respond(
             caller=caller,
             route_byok=route.byok,
             model=model,
-            endpoint=ENDPOINT,
+            endpoint=endpoint,
             request_id=request_id,
             body=chat_body,
             outcome=outcome,
@@ -157,18 +183,27 @@ async def _respond(
         if relay is not None:
             await relay.aclose()
         counted = await finish_request(reservation=reservation, usage=record())
-        observe_outcome(endpoint=ENDPOINT, model=model, outcome=outcome, counted=counted, byok=route.byok)
+        observe_outcome(endpoint=endpoint, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
         path=UPSTREAM_PATH, api_key=route.api_key, request_id=request_id, json_body=chat_body, stream=translation.stream
     )
     upstream = await send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
     headers = reservation.budget.headers()
+    if translation.tools.omitted:
+        headers[OMITTED_TOOLS_HEADER] = ",".join(translation.tools.omitted)
     response_id, created_at = new_response_id(), int(time.time())
 
     if translation.stream:
         relay = relay_events(upstream, include_usage=True, outcome=outcome)
-        events = ResponseEventStream(response_id=response_id, created_at=created_at, model=model, echo=translation.echo)
+        events = ResponseEventStream(
+            response_id=response_id,
+            created_at=created_at,
+            model=model,
+            echo=translation.echo,
+            tools=translation.tools,
+            compact=translation.compact,
+        )
         stream = _response_events(relay, events)
         return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
 
@@ -180,14 +215,19 @@ async def _respond(
         await finish()
         message = _failure_message(completion) or "The upstream failed."
         raise ApiError(f"The upstream failed: {message}", status=502, error_type="server_error", code="upstream_error")
-    response = response_from_chat(
-        completion,
-        response_id=response_id,
-        created_at=created_at,
-        completed_at=int(time.time()),
-        model=model,
-        echo=translation.echo,
-    )
+    if compact_endpoint:
+        response = compacted_response(completion, created_at=created_at, input_items=translation.input_items)
+    else:
+        response = response_from_chat(
+            completion,
+            response_id=response_id,
+            created_at=created_at,
+            completed_at=int(time.time()),
+            model=model,
+            echo=translation.echo,
+            tools=translation.tools,
+            compact=translation.compact,
+        )
     headers["x-writingmate-messages-counted"] = str(count_for(record()))
     return GatewayCall(
         result=Completion(status=200, body=json.dumps(response).encode(), headers=headers), finish=finish

@@ -11,5 +11,6 @@ api_patterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
     path("responses", views.responses, name="responses"),
+    path("responses/compact", views.responses_compact, name="responses-compact"),
     path("audio/transcriptions", views.audio_transcriptions, name="audio-transcriptions"),
 ]

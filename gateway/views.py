@@ -158,6 +158,11 @@ async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase
     return await _proxied_json(request, caller, responses_service.create_response)
 
 
+@api_endpoint(method="POST", name="responses.compact")
+async def responses_compact(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    return await _proxied_json(request, caller, responses_service.compact_response)
+
+
 def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transcriptions.AudioUpload | None]:
     try:
         fields, files = request.POST, request.FILES

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,16 @@ class _Failure:
     endpoint: str | None
 
 
+@dataclass(frozen=True)
+class FakeReply:
+    """What `FakeUpstream.respond_with` may answer a chat request with (None: the default behaviour)."""
+
+    text: str | None = None
+    tool: tuple[str, str] | None = None  # (function name, JSON arguments)
+    usage: dict[str, Any] | None = None
+    reasoning: str | None = None  # streamed as `reasoning` deltas before the answer, as OpenRouter does
+
+
 @dataclass
 class _Plan:
     """What one generating request will send back, decided before the first byte."""
@@ -163,6 +173,7 @@ class _Plan:
     usage: dict[str, Any]
     include_usage: bool
     extra_frames: list[bytes] = field(default_factory=list)
+    reasoning: str | None = None
 
 
 class FakeUpstream:
@@ -171,7 +182,8 @@ class FakeUpstream:
     Every knob is a plain attribute that tests may change between requests: `reply_text`, `usage`,
     `latency_ms`, `chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
     `always_send_usage`, `hang_seconds`, `models`, `generation_stats`, `transcript_text`,
-    `transcription_usage`. `fail_next(kind)` queues a failure.
+    `transcription_usage`, `respond_with` (a function of the chat request body returning a
+    `FakeReply` or None, for scripted conversations). `fail_next(kind)` queues a failure.
     """
 
     def __init__(
@@ -200,6 +212,7 @@ class FakeUpstream:
         self.generation_stats: dict[str, dict[str, Any]] = {}
         self.transcript_text = DEFAULT_TRANSCRIPT
         self.transcription_usage: dict[str, Any] | None = None
+        self.respond_with: Callable[[dict[str, Any]], FakeReply | None] | None = None
         self.requests: list[RecordedRequest] = []
 
         self._failures: deque[_Failure] = deque()
@@ -504,6 +517,12 @@ class FakeUpstream:
                 name = _chosen_function(body)
                 if name:
                     tool, text = (name, self.tool_arguments), None
+        reasoning = None
+        reply = self.respond_with(body) if kind == "chat" and self.respond_with is not None else None
+        if reply is not None:
+            text, tool, reasoning = reply.text, reply.tool, reply.reasoning
+            if reply.usage is not None and failure != "absurd_usage":
+                usage = reply.usage
         return _Plan(
             gen_id=self._new_id(),
             model=model,
@@ -512,6 +531,7 @@ class FakeUpstream:
             tool=tool,
             usage=usage,
             include_usage=include_usage,
+            reasoning=reasoning,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:
@@ -520,7 +540,17 @@ class FakeUpstream:
         Templates are cached per shape so the hot path only does two bytes.replace per frame.
         """
         usage_json = json.dumps(plan.usage, sort_keys=True)
-        key = (plan.kind, stream, plan.model, plan.text, plan.tool, usage_json, plan.include_usage, self.chunks)
+        key = (
+            plan.kind,
+            stream,
+            plan.model,
+            plan.text,
+            plan.tool,
+            usage_json,
+            plan.include_usage,
+            self.chunks,
+            plan.reasoning,
+        )
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) > 256:
@@ -761,6 +791,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
 
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": plan.text, "refusal": None}
+        if plan.reasoning:
+            message["reasoning"] = plan.reasoning
         if plan.tool:
             name, arguments = plan.tool
             message["tool_calls"] = [
@@ -785,6 +817,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
 
     usage_null = {"usage": None} if plan.include_usage else {}
     deltas: list[dict[str, Any]] = []
+    if plan.reasoning:
+        deltas.extend({"role": "assistant", "content": "", "reasoning": piece} for piece in _split(plan.reasoning, 2))
     if plan.tool:
         name, arguments = plan.tool
         pieces = _split(arguments, max(2, chunks - 1), words=False)
