@@ -203,6 +203,7 @@ async def _respond(
             echo=translation.echo,
             tools=translation.tools,
             compact=translation.compact,
+            input_items=translation.input_items,
         )
         stream = _response_events(relay, events)
         return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
@@ -227,6 +228,7 @@ async def _respond(
             echo=translation.echo,
             tools=translation.tools,
             compact=translation.compact,
+            input_items=translation.input_items,
         )
     headers["x-writingmate-messages-counted"] = str(count_for(record()))
     return GatewayCall(

@@ -16,6 +16,7 @@ from gateway.surfaces.openai.responses.events import ResponseEventStream, sse_fr
 from gateway.surfaces.openai.responses.output import response_from_chat
 from gateway.surfaces.openai.responses.request import chat_request_from_responses
 from tests.openapi_schemas import assert_conforms
+from tests.sdk_schemas import assert_sdk_conforms
 from tests.support import make_user, wait_for_usage_events
 
 # ---- request translation ------------------------------------------------------------------------
@@ -249,9 +250,11 @@ def _completion(message: dict, finish_reason: str = "stop", usage: dict | None =
 
 def _response(completion: dict, **request: object) -> dict:
     translated = chat_request_from_responses({"model": "demo/echo", "input": "hi", **request})
-    return response_from_chat(
+    response = response_from_chat(
         completion, response_id="resp_1", created_at=100, completed_at=101, model="demo/echo", echo=translated.echo
     )
+    assert_sdk_conforms("Response", response)
+    return response
 
 
 def test_a_text_completion_becomes_a_completed_response_that_matches_the_spec() -> None:
@@ -345,6 +348,7 @@ def _stream(chunks: list[dict], *, end: str = "finish", **request: object) -> li
         events.extend(stream.feed(chunk))
     events.extend(stream.finish(completed_at=101) if end == "finish" else stream.fail("boom"))
     for event in events:
+        assert_sdk_conforms("ResponseStreamEvent", event)
         assert_conforms("ResponseStreamEvent", event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events

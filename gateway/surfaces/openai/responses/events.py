@@ -78,6 +78,7 @@ class ResponseEventStream:
         echo: dict,
         tools: ToolMap | None = None,
         compact: bool = False,
+        input_items: list | None = None,
     ) -> None:
         self.response_id = response_id
         self.created_at = created_at
@@ -85,6 +86,7 @@ class ResponseEventStream:
         self.echo = echo
         self.tools = tools or ToolMap()
         self.compact = compact
+        self.input_items = input_items or []
         self._summary = ""  # the compaction's text, when compacting
         self._sequence = 0
         self._output: list[dict] = []  # finished items, and placeholders for open ones, by output_index
@@ -337,7 +339,7 @@ class ResponseEventStream:
         item_status = "incomplete" if status == "incomplete" else "completed"
         events = []
         if self.compact:
-            item = compaction.compaction_item(self._summary)
+            item = compaction.compaction_item(summary=self._summary, input_items=self.input_items)
             self._output.append(item)
             events.append(self._item_event("response.output_item.added", 0, item))
             events.append(self._item_event("response.output_item.done", 0, item))

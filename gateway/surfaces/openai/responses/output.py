@@ -155,6 +155,7 @@ def response_from_chat(
     echo: dict,
     tools: ToolMap | None = None,
     compact: bool = False,
+    input_items: list | None = None,
 ) -> dict:
     """A whole chat completion as a Response object (for a compaction: one compaction item)."""
     tools = tools or ToolMap()
@@ -171,7 +172,7 @@ def response_from_chat(
 
     output: list[dict] = []
     if compact:
-        output.append(compaction.compaction_item(_message_text(message)))
+        output.append(compaction.compaction_item(summary=_message_text(message), input_items=input_items or []))
         return response_object(
             response_id=response_id,
             created_at=created_at,
@@ -229,25 +230,8 @@ def response_from_chat(
     )
 
 
-def _user_messages(items: list) -> list[dict]:
-    """The input's user messages as output message items (what a compaction keeps verbatim)."""
-    kept = []
-    for item in items:
-        if not isinstance(item, dict) or item.get("role") != "user" or item.get("type", "message") != "message":
-            continue
-        content = item.get("content")
-        if isinstance(content, str):
-            content = [{"type": "input_text", "text": content}]
-        parts = [p for p in content or [] if isinstance(p, dict) and p.get("type") == "input_text"]
-        if parts:
-            kept.append(
-                {"id": new_item_id("msg"), "type": "message", "status": "completed", "role": "user", "content": parts}
-            )
-    return kept
-
-
 def compacted_response(completion: dict, *, created_at: int, input_items: list) -> dict:
-    """POST /responses/compact's answer: the input's user messages, then one compaction item."""
+    """POST /responses/compact's answer: one compaction item (the user's messages are sealed inside it)."""
     choices = completion.get("choices") if isinstance(completion.get("choices"), list) else []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -255,6 +239,6 @@ def compacted_response(completion: dict, *, created_at: int, input_items: list) 
         "id": new_item_id("cmp"),
         "object": "response.compaction",
         "created_at": created_at,
-        "output": [*_user_messages(input_items), compaction.compaction_item(_message_text(message))],
+        "output": [compaction.compaction_item(summary=_message_text(message), input_items=input_items)],
         "usage": response_usage(completion.get("usage")),
     }

@@ -225,9 +225,7 @@ def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
                 }
             )
         elif kind == "compaction":
-            summary = compaction.open_summary(item.get("encrypted_content"))
-            if summary is not None:
-                messages.append(compaction.summary_message(summary))
+            messages.extend(compaction.expand(item.get("encrypted_content")) or [])
         elif kind == "reasoning" or kind in _HOSTED_RECORD_ITEMS:
             # Reasoning items are the model's own notes (another provider's are sealed for it alone);
             # hosted-tool records have no chat form. Neither is an error: the history stays usable.
