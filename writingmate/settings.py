@@ -196,6 +196,8 @@ BILLING_REDIS_RETRY_SECONDS = env.float("BILLING_REDIS_RETRY_SECONDS", default=5
 BILLING_LEDGER_LINGER_SECONDS = env.float("BILLING_LEDGER_LINGER_SECONDS", default=0.02)
 # How long a usage event is retried while the database is unreachable before it is spooled to Redis.
 BILLING_LEDGER_RETRY_SECONDS = env.float("BILLING_LEDGER_RETRY_SECONDS", default=120.0)
+# Refused /v1 requests are counted in memory and written (one upsert) this often (billing.refusals).
+REFUSAL_FLUSH_SECONDS = env.float("REFUSAL_FLUSH_SECONDS", default=2.0)
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL or "memory://"
