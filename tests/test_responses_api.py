@@ -12,7 +12,12 @@ import requests
 
 from billing.models import UsageEvent
 from gateway.errors import ApiError
-from gateway.responses_api import ResponseEventStream, chat_request_from_responses, response_from_chat, sse_frame
+from gateway.surfaces.openai.responses_api import (
+    ResponseEventStream,
+    chat_request_from_responses,
+    response_from_chat,
+    sse_frame,
+)
 from tests.openapi_schemas import assert_conforms
 from tests.support import make_user, wait_for_usage_events
 

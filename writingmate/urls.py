@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from gateway.metrics import metrics_view
 from gateway.surfaces.anthropic.urls import api_patterns as anthropic_patterns
-from gateway.urls import api_patterns
+from gateway.surfaces.openai.urls import api_patterns
 from writingmate import health
 
 urlpatterns = [

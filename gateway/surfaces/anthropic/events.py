@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.core.streaming import CallOutcome
 from gateway.providers.base import ProviderError, UpstreamResponse
-from gateway.streaming import CallOutcome
 from gateway.surfaces.anthropic.errors import error_event
 from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_text
 

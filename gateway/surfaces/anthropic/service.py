@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Mapping
 from accounts.access import confirm_access_epoch
 from apikeys.authentication import ApiCaller
 from billing.recording import UsageRecord, count_for, finish_request
-from gateway import catalogue, services, validation
+from gateway import catalogue
+from gateway.core import calls as services
+from gateway.core import validation
+from gateway.core.calls import Completion, CompletionStream, GatewayCall
+from gateway.core.routing import Route, route_chat
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
-from gateway.routing import Route, route_chat
-from gateway.services import Completion, CompletionStream, GatewayCall
 from gateway.surfaces.anthropic import translate
 from gateway.surfaces.anthropic.events import (
     MessagesOutcome,

@@ -14,10 +14,11 @@ from rest_framework.exceptions import APIException
 from accounts.access import AccessChanged
 from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_request
 from apikeys.throttling import ensure_address_allowed, note_invalid_key
+from gateway.core.calls import CompletionStream, GatewayCall
+from gateway.core.finalizers import add_finalizer
+from gateway.core.refusals import note_refused
+from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, from_drf_exception, service_unavailable
-from gateway.finalizers import add_finalizer
-from gateway.services import CompletionStream, GatewayCall
-from gateway.streaming import EventStreamResponse
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
 
@@ -60,6 +61,7 @@ def messages_endpoint(*, method: str, name: str, reserves_quota: bool = False) -
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
             request.api_endpoint = name
+            caller: ApiCaller | None = None
             try:
                 if request.method != method:
                     raise ApiError(f"Method {request.method} is not allowed here; use {method}.", status=405)
@@ -70,20 +72,28 @@ def messages_endpoint(*, method: str, name: str, reserves_quota: bool = False) -
                     response = await view(request, caller, **kwargs)
                 except AccessChanged:
                     # Nothing was held or sent upstream yet: start over on a freshly read grant.
-                    response = await view(request, await _authenticate(request, allow_unconfirmed=False), **kwargs)
+                    caller = await _authenticate(request, allow_unconfirmed=False)
+                    response = await view(request, caller, **kwargs)
             except ApiError as exc:
-                return error_response(exc, request_id=request.request_id)
+                return _refused(request, exc, caller=caller)
             except APIException as exc:
-                return error_response(from_drf_exception(exc), request_id=request.request_id)
+                return _refused(request, from_drf_exception(exc), caller=caller, cause=exc)
             except DatabaseError:
                 logger.warning("database unavailable on %s (%s)", request.path, request.request_id, exc_info=True)
-                return error_response(service_unavailable(), request_id=request.request_id)
+                return _refused(request, service_unavailable(), caller=caller)
             response["request-id"] = request.request_id
             return response
 
         return wrapper
 
     return decorate
+
+
+def _refused(
+    request: HttpRequest, error: ApiError, *, caller: ApiCaller | None = None, cause: Exception | None = None
+) -> HttpResponse:
+    note_refused(request, error, caller=caller, cause=cause)  # the refusal record, as on /v1
+    return error_response(error, request_id=request.request_id)
 
 
 def _json(payload: object, *, headers: dict[str, str] | None = None) -> HttpResponse:

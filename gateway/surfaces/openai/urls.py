@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from gateway import views
+from gateway.surfaces.openai import views
 
 api_patterns = [
     path("models", views.models_list, name="models"),

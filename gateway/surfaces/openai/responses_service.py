@@ -1,7 +1,7 @@
 """/v1/responses served by the upstream's chat completions: translate, admit, call, translate back, bill.
 
-The admission, the upstream call and billing are the chat path's own (gateway.services); what
-differs is only the shape on our side (gateway.responses_api). Streams are the chat relay's events
+The admission, the upstream call and billing are the chat path's own (gateway.core.calls); what
+differs is only the shape on our side (gateway.surfaces.openai.responses_api). Streams are the chat relay's events
 turned into Responses events, so a client that disconnects is billed exactly as on the chat path.
 """
 
@@ -12,21 +12,11 @@ import time
 from collections.abc import AsyncIterator
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
-from gateway import validation
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway.catalogue import CatalogueEntry
-from gateway.errors import ApiError
-from gateway.providers.base import UpstreamCall
-from gateway.responses_api import (
-    ChatTranslation,
-    ResponseEventStream,
-    chat_request_from_responses,
-    new_response_id,
-    response_from_chat,
-    sse_frame,
-)
-from gateway.routing import Route, route_chat
-from gateway.services import (
+from gateway.core import validation
+from gateway.core.calls import (
     Completion,
     CompletionStream,
     GatewayCall,
@@ -38,7 +28,18 @@ from gateway.services import (
     send_upstream,
     usage_record,
 )
-from gateway.streaming import CallOutcome, relay_events, split_events
+from gateway.core.routing import Route, route_chat
+from gateway.core.streaming import CallOutcome, relay_events, split_events
+from gateway.errors import ApiError
+from gateway.providers.base import UpstreamCall
+from gateway.surfaces.openai.responses_api import (
+    ChatTranslation,
+    ResponseEventStream,
+    chat_request_from_responses,
+    new_response_id,
+    response_from_chat,
+    sse_frame,
+)
 
 ENDPOINT = "responses"  # as recorded in the ledger
 UPSTREAM_PATH = "/chat/completions"
