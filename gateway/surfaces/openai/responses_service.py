@@ -13,7 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway.catalogue import CatalogueEntry
 from gateway.core import validation
 from gateway.core.calls import (

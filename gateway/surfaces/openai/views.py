@@ -22,6 +22,7 @@ from billing.quotas import current_budget
 from gateway import catalogue
 from gateway.core import calls
 from gateway.core.finalizers import add_finalizer
+from gateway.core.refusals import note_refused
 from gateway.core.streaming import EventStreamResponse
 from gateway.core.validation import parse_json_object
 from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
@@ -51,9 +52,10 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
                     status=405,
                     code="method_not_allowed",
                 )
-                response = error_response(error)
+                response = _refused(request, error)
                 response["Allow"] = method
                 return response
+            caller: ApiCaller | None = None
             try:
                 await ensure_address_allowed(request.META.get("REMOTE_ADDR") or "")
                 allow_unconfirmed = reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
@@ -62,19 +64,27 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
                     return await view(request, caller, **kwargs)
                 except AccessChanged:
                     # Nothing was held or sent upstream yet: start over on a freshly read grant.
-                    return await view(request, await _authenticate(request, allow_unconfirmed=False), **kwargs)
+                    caller = await _authenticate(request, allow_unconfirmed=False)
+                    return await view(request, caller, **kwargs)
             except ApiError as exc:
-                return error_response(exc)
+                return _refused(request, exc, caller=caller)
             except APIException as exc:
-                return error_response(from_drf_exception(exc))
+                return _refused(request, from_drf_exception(exc), caller=caller, cause=exc)
             except DatabaseError:
                 # Keys or limits cannot be checked: fail closed, with a status the SDKs retry.
                 logger.warning("database unavailable on %s (%s)", request.path, request.request_id, exc_info=True)
-                return error_response(service_unavailable())
+                return _refused(request, service_unavailable(), caller=caller)
 
         return wrapper
 
     return decorate
+
+
+def _refused(
+    request: HttpRequest, error: ApiError, *, caller: ApiCaller | None = None, cause: Exception | None = None
+) -> HttpResponse:
+    note_refused(request, error, caller=caller, cause=cause)
+    return error_response(error)
 
 
 async def _authenticate(request: HttpRequest, *, allow_unconfirmed: bool) -> ApiCaller:
