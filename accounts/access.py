@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from django.db.models import Prefetch
 
 from accounts.models import AppSumoLicence, Membership, OpenRouterKey, User
-from writingmate.redis_connection import fast_redis, sync_redis
+from writingmate.redis_connection import async_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def local_access_epoch() -> int:
 
 async def confirm_access_epoch(epoch: int) -> None:
     """Raise AccessChanged unless Redis still holds `epoch`, i.e. no access changed since it was read."""
-    client = fast_redis()
+    client = async_redis()
     if client is None:
         raise AccessChanged("no Redis holds the access epoch")
     try:

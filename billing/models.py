@@ -142,3 +142,49 @@ class WorkspaceUsage(Workspace):
         proxy = True
         verbose_name = "workspace usage"
         verbose_name_plural = "workspace usage"
+
+
+class Refusal(models.Model):
+    """Requests refused on /v1 (401, 403, 404, 429, 400, 503...), counted per minute per who and why.
+
+    One row per minute per (status, code, endpoint, key or address, workspace, model): a flood of bad
+    keys from one address is one row a minute with a large `count`, not a row per request. Written in
+    batches off the response path by billing.refusals; never edited by staff.
+    """
+
+    minute = models.DateTimeField(help_text="The start of the minute (UTC) these refusals fell in.")
+    day = models.DateField(help_text="The billing day (BILLING_DAY_TIMEZONE).")
+    status = models.PositiveSmallIntegerField()
+    code = models.CharField(max_length=64, blank=True)
+    endpoint = models.CharField(max_length=40, blank=True)
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key_prefix = models.CharField(
+        max_length=16, blank=True, help_text="The visible prefix of the key presented (wmk_…), known or not."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    workspace = models.ForeignKey(
+        "accounts.Workspace", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    address = models.CharField(max_length=64, blank=True, help_text="The client's address (IPv6 per /64).")
+    message = models.CharField(max_length=300, blank=True, help_text="The first refusal's error message.")
+    count = models.IntegerField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    group = models.CharField(max_length=64, help_text="A hash of the row's identity within its minute.")
+
+    class Meta:
+        ordering = ["-minute", "-id"]
+        constraints = [models.UniqueConstraint(fields=["minute", "group"], name="one_refusal_row_per_minute_group")]
+        indexes = [
+            models.Index(fields=["day", "workspace"]),
+            models.Index(fields=["day", "key"]),
+            models.Index(fields=["day", "status", "code"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.status} {self.code or '-'} ×{self.count}"

@@ -18,18 +18,16 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 
-from billing.models import UsageEvent
-from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
-from billing.services import (
+from billing.ledger import (
     LedgerEntry,
     UsageRecord,
     count_for,
     spool_ledger_entries,
     write_ledger_entries_isolating,
 )
+from billing.models import UsageEvent
+from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
 from writingmate.db import run_db
-
-__all__ = ["UsageRecord", "count_for", "finish_request"]
 
 logger = logging.getLogger(__name__)
 

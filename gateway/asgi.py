@@ -28,11 +28,13 @@ from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import Resolver404, set_urlconf
 from django.urls.resolvers import RoutePattern
 
+from billing.refusals import flush_refusals
 from gateway import metrics
+from gateway.core.refusals import note_refused, note_refused_before_request
+from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
-from gateway.streaming import EventStreamResponse
-from gateway.urls import api_patterns
+from gateway.surfaces.openai.urls import api_patterns
 from writingmate.logs import bind_request_id, log_access, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 
@@ -98,9 +100,9 @@ class ApiHandler(ASGIHandler):
             set_urlconf(settings.ROOT_URLCONF)  # only the resolver's path needs it (a context-local write)
             return await self._get_response_async(request)
         except (Http404, Resolver404):
-            return error_response(
-                ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
-            )
+            unknown = ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
+            note_refused(request, unknown)
+            return error_response(unknown)
         except Exception:
             logger.exception("unhandled error on %s %s (%s)", request.method, request.path, request.request_id)
             return error_response(
@@ -155,6 +157,7 @@ class ApiHandler(ASGIHandler):
                 status=431,
                 code="request_headers_too_large",
             )
+            note_refused_before_request(scope, too_large)
             await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
@@ -171,6 +174,7 @@ class ApiHandler(ASGIHandler):
             too_large = ApiError(
                 f"Request body too large: the limit is {limit} bytes.", status=413, code="request_too_large"
             )
+            note_refused_before_request(scope, too_large)
             await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
@@ -305,6 +309,7 @@ class ApiApplication:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await flush_refusals()  # the last seconds of refusals counted in this process
                 await close_upstream_session()
                 await close_async_redis()
                 metrics.mark_process_dead()  # with PROMETHEUS_MULTIPROC_DIR, its open streams leave the sum

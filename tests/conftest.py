@@ -164,10 +164,11 @@ def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> Iterator
     yield _uvicorn_server
     # A request's ledger line is written after its response: let it land before the database is
     # flushed, or it would turn up in the next test.
+    from billing.refusals import pending_refusals
     from writingmate.asgi import application
 
     deadline = time.monotonic() + 10
-    while application.api_handler.in_flight and time.monotonic() < deadline:
+    while (application.api_handler.in_flight or pending_refusals()) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

@@ -12,7 +12,12 @@ import requests
 
 from billing.models import UsageEvent
 from gateway.errors import ApiError
-from gateway.responses_api import ResponseEventStream, chat_request_from_responses, response_from_chat, sse_frame
+from gateway.surfaces.openai.responses_api import (
+    ResponseEventStream,
+    chat_request_from_responses,
+    response_from_chat,
+    sse_frame,
+)
 from tests.openapi_schemas import assert_conforms
 from tests.support import make_user, wait_for_usage_events
 
@@ -785,7 +790,6 @@ def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client
             {"input": "x", "tools": [WEATHER_TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]},
             "tools[1].type",
         ),
-        ({"input": "x", "previous_response_id": "resp_abc"}, "previous_response_id"),
         ({"input": "x", "background": True}, "background"),
     ]
     for extra, param in cases:

@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from gateway.metrics import metrics_view
-from gateway.urls import api_patterns
+from gateway.surfaces.openai.urls import api_patterns
 from writingmate import health
 
 urlpatterns = [

@@ -2,7 +2,7 @@
 
 A provider gets a fully prepared call (the URL comes from settings, never from the client) and
 returns the upstream's status, headers and either the whole body or an async iterator of raw
-chunks. Streams are relayed byte for byte by gateway.streaming; providers never touch the ORM.
+chunks. Streams are relayed byte for byte by gateway.core.streaming; providers never touch the ORM.
 """
 
 from __future__ import annotations
