@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -88,3 +89,64 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} → {self.target_id}"
+
+
+class StoredResponse(models.Model):
+    """A Response kept for its workspace (`store: true`), so it can be read, listed and continued.
+
+    Each row is self-contained: `input_items` is the whole input the model saw (a previous
+    response's input and output included), so deleting or purging one response never breaks
+    another. The content is JSON text exactly as sent to the client; staff see only the metadata.
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, editable=False)
+    # No database constraints: a stored response is written on the request path and expires by itself.
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    # Each index costs every store an update; these two are read only in admin.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey",
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    request_id = models.CharField(max_length=64, help_text="The request that created it, as in the usage ledger.")
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=20)
+    previous_response_id = models.CharField(max_length=64, blank=True)
+    input_items = models.TextField(help_text="JSON array: every input item the model saw, in order.")
+    response = models.TextField(help_text="JSON object: the Response as the client received it.")
+    input_bytes = models.PositiveIntegerField()
+    response_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class StoredResponseItem(models.Model):
+    """Where an item of a stored response lives, so `item_reference` input items can find it by id."""
+
+    workspace_id = models.BigIntegerField()
+    item_id = models.CharField(max_length=128)
+    response = models.ForeignKey(StoredResponse, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    # Index into the response's input items followed by its output items.
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace_id", "item_id"], name="gateway_storeditem_unique_id"),
+        ]
+
+    def __str__(self) -> str:
+        return self.item_id

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0002_seed_catalogue'),
+        ('gateway', '0003_stored_responses'),
     ]
 
     operations = [

@@ -81,5 +81,5 @@ def seed(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("gateway", "0003_model_alias")]
+    dependencies = [("gateway", "0004_model_alias")]
     operations = [migrations.RunPython(seed, migrations.RunPython.noop)]
