@@ -261,3 +261,13 @@ if not METRICS_PATH.startswith("/") or METRICS_PATH.startswith(("/v1", "/api/ope
     raise ImproperlyConfigured("METRICS_PATH must start with / and lie outside the /v1 API.")
 # Probes and scrapes come over plain HTTP from inside the network; an HTTPS redirect would fail them.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", "^" + re.escape(METRICS_PATH.lstrip("/")) + "$"]
+
+# --- Stored responses (/v1/responses with store: true) ----------------------------------------------
+# Kept this many days, then purged by gateway.tasks.purge_stored_responses_task (OpenAI keeps 30).
+RESPONSES_RETENTION_DAYS = env.int("RESPONSES_RETENTION_DAYS", default=30)
+# The most input (a previous response's context included) one stored response may hold, in bytes of JSON.
+RESPONSES_STORE_MAX_BYTES = env.int("RESPONSES_STORE_MAX_BYTES", default=8 * 1024 * 1024)
+CELERY_BEAT_SCHEDULE["purge-stored-responses"] = {
+    "task": "gateway.tasks.purge_stored_responses_task",
+    "schedule": 3600.0,
+}

@@ -26,7 +26,7 @@ from gateway.core.refusals import note_refused
 from gateway.core.streaming import EventStreamResponse
 from gateway.core.validation import parse_json_object
 from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
-from gateway.surfaces.openai import audio, responses_service
+from gateway.surfaces.openai import audio, responses_service, stored_responses
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,35 @@ async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
 @api_endpoint(method="POST", name="responses")
 async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     return await _proxied_json(request, caller, responses_service.create_response)
+
+
+@api_endpoint(method="GET", name="responses.retrieve")
+async def _response_retrieve(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    if request.GET.get("stream") not in (None, "", "false"):
+        raise ApiError(
+            "Streaming a stored response again is only for background responses, which this API does not run.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    body = await stored_responses.retrieve_response(caller=caller, response_id=response_id)
+    return HttpResponse(body, content_type="application/json")
+
+
+@api_endpoint(method="DELETE", name="responses.delete")
+async def _response_delete(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    return _json(await stored_responses.delete_response(caller=caller, response_id=response_id))
+
+
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    """GET or DELETE /v1/responses/{id}."""
+    view = _response_delete if request.method == "DELETE" else _response_retrieve
+    return await view(request, response_id=response_id)
+
+
+@api_endpoint(method="GET", name="responses.input_items")
+async def response_input_items(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    query = stored_responses.list_query(dict(request.GET.lists()))
+    return _json(await stored_responses.list_input_items(caller=caller, response_id=response_id, query=query))
 
 
 def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], audio.AudioUpload | None]:
