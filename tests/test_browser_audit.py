@@ -45,8 +45,8 @@ def used(user, key, request_id: str, *, model: str, day: dt.date, prompt: int = 
     )
 
 
-def fits(browser, selector: str) -> bool:
-    return browser.execute_script(
+def fits(driver, selector: str) -> bool:
+    return driver.execute_script(
         "const t = document.querySelector(arguments[0]), box = t.parentElement;"
         "return box.scrollWidth <= box.clientWidth"
         " && t.getBoundingClientRect().right <= document.documentElement.clientWidth"
