@@ -1,11 +1,13 @@
-"""Pinned command-line clients from npm, installed by the tests into the git-ignored `.clients/` folder.
+"""Pinned command-line clients from npm, installed by the test setup into the git-ignored .clients/ folder.
 
-Under CI (`CI` set) or `REQUIRE_SERVICES=1` a client that cannot be installed is a failure; elsewhere
-the tests that need it are skipped with the reason (no npm, no registry).
+Each client gets its own folder (`.clients/<name>/`) with exactly the pinned packages; a folder whose
+install is complete and pinned as asked is reused. In CI (CI or REQUIRE_SERVICES=1 set) a client that
+cannot be installed fails the test; elsewhere, without npm, the test is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,45 +15,44 @@ from pathlib import Path
 
 import pytest
 
-CLIENTS_DIR = Path(__file__).resolve().parents[1] / ".clients"
-REQUIRED = bool(os.environ.get("CI")) or os.environ.get("REQUIRE_SERVICES") == "1"
+CLIENTS_DIR = Path(__file__).resolve().parent.parent / ".clients"
+_REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1" or bool(os.environ.get("CI"))
 
 
 def _unavailable(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{reason} (required under CI / REQUIRE_SERVICES=1)")
+    if _REQUIRED:
+        pytest.fail(f"{reason} (required in CI)")
     pytest.skip(reason)
 
 
-def npm_client(package: str, version: str, binary: str) -> Path:
-    """The path of `binary` from `package@version`, installing it first if this checkout lacks it."""
-    prefix = CLIENTS_DIR / f"{package.replace('/', '+').lstrip('@')}-{version}"
-    path = prefix / "node_modules" / ".bin" / binary
-    if path.exists():
-        return path
+def install_npm_client(name: str, packages: dict[str, str], *, binary: str) -> Path:
+    """The folder of `name` with `packages` ({package: exact version}) installed; installs it if needed.
+
+    `binary` (e.g. "claude") must then exist in node_modules/.bin.
+    """
+    folder = CLIENTS_DIR / name
+    stamp = folder / "installed.json"
+    wanted = json.dumps(packages, sort_keys=True)
+    if stamp.exists() and stamp.read_text() == wanted and (folder / "node_modules" / ".bin" / binary).exists():
+        return folder
     npm = shutil.which("npm")
     if npm is None:
-        _unavailable(f"npm is not installed, so {package}@{version} cannot be installed")
-    prefix.mkdir(parents=True, exist_ok=True)
+        _unavailable("npm is not installed: cannot install the pinned " + name)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    (folder / "package.json").write_text(json.dumps({"name": f"writingmate-{name}-tests", "private": True}))
+    specs = [f"{package}@{version}" for package, version in packages.items()]
     try:
         subprocess.run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(prefix),
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                f"{package}@{version}",
-            ],
+            [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix", str(folder), *specs],
             check=True,
             capture_output=True,
             timeout=600,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         output = getattr(exc, "stderr", b"") or b""
-        _unavailable(f"npm could not install {package}@{version}: {output.decode(errors='replace')[-500:]}")
-    if not path.exists():
-        _unavailable(f"{package}@{version} installed without a `{binary}` command")
-    return path
+        _unavailable(f"npm could not install {' '.join(specs)}: {output.decode(errors='replace')[-2000:]}")
+    if not (folder / "node_modules" / ".bin" / binary).exists():
+        _unavailable(f"npm installed {' '.join(specs)} but node_modules/.bin/{binary} is missing")
+    stamp.write_text(wanted)
+    return folder

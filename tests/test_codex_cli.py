@@ -22,7 +22,7 @@ import pytest
 from billing.models import UsageEvent
 from gateway.models import CatalogueModel
 from tests.fake_upstream import FakeReply
-from tests.npm_clients import npm_client
+from tests.npm_clients import install_npm_client
 from tests.support import make_user, wait_for_usage_events
 
 CODEX_VERSION = "0.171.0"
@@ -37,7 +37,12 @@ live = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 @pytest.fixture(scope="session")
 def codex_binary() -> Path:
-    return npm_client("@openai/codex", CODEX_VERSION, "codex")
+    return (
+        install_npm_client("codex", {"@openai/codex": CODEX_VERSION}, binary="codex")
+        / "node_modules"
+        / ".bin"
+        / "codex"
+    )
 
 
 class RefusingProxy:

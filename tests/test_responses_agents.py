@@ -462,7 +462,8 @@ def test_codexs_tools_stream_back_as_its_items_and_the_left_out_ones_are_named(l
     )
     for event in events:
         _check_event(event)
-    [item] = events[-1]["response"]["output"]
+    reasoning, item = events[-1]["response"]["output"]  # the fake reasons when asked to
+    assert reasoning["type"] == "reasoning" and reasoning["summary"][0]["text"] == fake_upstream.reasoning_text
     assert item["type"] == "custom_tool_call" and item["input"] == "*** Begin Patch"
     sent = fake_upstream.last_request.json
     assert "client_metadata" not in sent and sent["reasoning"] == {"effort": "high"}

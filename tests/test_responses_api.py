@@ -791,7 +791,6 @@ def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client
             "input[2].type",
         ),
         ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
-        ({"input": "x", "previous_response_id": "resp_abc"}, "previous_response_id"),
         ({"input": "x", "background": True}, "background"),
     ]
     for extra, param in cases:

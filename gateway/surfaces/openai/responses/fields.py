@@ -3,7 +3,8 @@
 FORWARD: sent to the chat upstream under the same name. TRANSLATED: read by gateway.surfaces.openai.
 responses.request and sent in chat's spelling. ECHOED: kept only for the Response object. DROPPED:
 accepted and not sent, because a chat upstream has no such thing or we do it ourselves. REFUSED: a 400
-naming the parameter (it needs state this server does not keep). Fields not in the table are dropped
+naming the parameter (it needs state this server does not keep). Storage itself (`store`,
+`previous_response_id`, `item_reference`) is gateway.surfaces.openai.stored_responses's. Fields not in the table are dropped
 too, so a field a new client adds never causes a 400.
 """
 
@@ -41,7 +42,7 @@ FIELDS: dict[str, tuple[Fate, str]] = {
     "truncation": (Fate.ECHOED, "we never trim input; 'auto' behaves as 'disabled'"),
     "include": (Fate.DROPPED, "reasoning.encrypted_content and the rest accepted; logprobs are not returned"),
     "top_logprobs": (Fate.DROPPED, "output logprobs are not returned on /v1/responses"),
-    "store": (Fate.ECHOED, "see the stored-responses section of docs/decisions.md"),
+    "store": (Fate.TRANSLATED, "true (the default) keeps the Response for the workspace; never sent upstream"),
     "service_tier": (Fate.DROPPED, "OpenRouter picks the provider tier"),
     "prompt_cache_retention": (Fate.DROPPED, "OpenRouter has no retention knob"),
     "prompt_cache_options": (Fate.DROPPED, "as prompt_cache_retention"),
@@ -52,7 +53,7 @@ FIELDS: dict[str, tuple[Fate, str]] = {
     "image": (Fate.DROPPED, "image context compression is OpenAI's"),
     "access_programs": (Fate.DROPPED, "OpenAI account programs"),
     "background_options": (Fate.DROPPED, "only with background, which is refused"),
-    "previous_response_id": (Fate.REFUSED, "needs stored responses"),
+    "previous_response_id": (Fate.TRANSLATED, "the stored response's context goes first in the messages"),
     "background": (Fate.REFUSED, "needs stored responses run in the background"),
     "conversation": (Fate.REFUSED, "needs stored conversations"),
     "prompt": (Fate.REFUSED, "needs stored prompt templates"),

@@ -24,7 +24,7 @@ _TEXT_PARTS = ("input_text", "output_text")
 _MIN_OUTPUT_TOKENS = 16  # OpenAI's own lower bound for max_output_tokens
 _MAX_METADATA_KEYS = 16
 _STATEFUL_PARAMS = {
-    "previous_response_id": "continues a stored response",
+    "previous_response_id": "continues a stored response",  # resolved before translation when stored
     "conversation": "continues a stored conversation",
     "prompt": "uses a stored prompt template",
 }
@@ -232,7 +232,7 @@ def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
             continue
         elif kind == "item_reference":
             raise invalid_request(
-                f"'{param}' refers to a stored item, but this API does not store responses: send the item itself.",
+                f"'{param}' refers to an item that was not found among this workspace's stored responses.",
                 param=f"{param}.type",
                 code="unsupported_parameter",
             )
@@ -294,8 +294,8 @@ def _refuse_unsupported(body: dict) -> None:
     for name, why in _STATEFUL_PARAMS.items():
         if body.get(name) is not None:
             raise invalid_request(
-                f"The parameter '{name}' is not supported: it {why}, and this API does not store responses. "
-                "Send the whole conversation in 'input' instead.",
+                f"The parameter '{name}' is not supported: it {why}, which this API does not keep. "
+                "Send the conversation in 'input' (or continue a stored response with previous_response_id).",
                 param=name,
                 code="unsupported_parameter",
             )
