@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
-from bench.harness import log  # noqa: E402
+from bench import harness
+from bench.harness import log
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 KINDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -88,8 +89,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-
-    import os
 
     database_url = os.environ.get("DATABASE_URL", harness.DEFAULT_DATABASE_URL)
     redis_url = os.environ.get("REDIS_URL", harness.DEFAULT_REDIS_URL)
