@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from gateway.models import CatalogueModel, StoredResponse
+from gateway.models import CatalogueModel, ModelAlias, StoredResponse
 
 
 @admin.register(CatalogueModel)
@@ -29,6 +29,17 @@ class CatalogueModelAdmin(admin.ModelAdmin):
     def disable_selected(self, request: HttpRequest, queryset: QuerySet[CatalogueModel]) -> None:
         count = queryset.update(enabled=False)
         self.message_user(request, f"Disabled {count} model(s).", messages.SUCCESS)
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(admin.ModelAdmin):
+    """Which catalogue model an Anthropic id (claude-sonnet-4-5-20250929, Claude Code's defaults) means."""
+
+    list_display = ["alias", "target", "fallback", "note", "updated_at"]
+    list_select_related = ["target", "fallback"]
+    search_fields = ["alias", "target__slug", "fallback__slug", "note"]
+    autocomplete_fields = ["target", "fallback"]
+    readonly_fields = ["updated_at"]
 
 
 @admin.register(StoredResponse)

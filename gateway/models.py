@@ -54,6 +54,43 @@ class CatalogueModel(models.Model):
         return self.upstream_model or self.slug
 
 
+class ModelAlias(models.Model):
+    """Another id for a catalogue model, as Anthropic's clients send it (`claude-sonnet-4-5-20250929`).
+
+    The Anthropic surface resolves a model id that is not a catalogue slug through this table.
+    `fallback` serves workspaces whose plan does not include `target`: a client's default model
+    (Claude Code asks for `claude-opus-5-5` unless told otherwise) still answers on every plan.
+    """
+
+    alias = models.CharField(max_length=200, unique=True, help_text="The id a client sends, e.g. claude-sonnet-4-5.")
+    target = models.ForeignKey(
+        CatalogueModel,
+        on_delete=models.PROTECT,
+        related_name="aliases",
+        limit_choices_to={"kind": CatalogueModel.Kind.CHAT},
+        help_text="The catalogue model this id means.",
+    )
+    fallback = models.ForeignKey(
+        CatalogueModel,
+        on_delete=models.PROTECT,
+        related_name="fallback_aliases",
+        null=True,
+        blank=True,
+        limit_choices_to={"kind": CatalogueModel.Kind.CHAT},
+        help_text="Served instead when the workspace's plan does not include the target (optional).",
+    )
+    note = models.CharField(max_length=200, blank=True, help_text="Why this alias exists (shown to staff only).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["alias"]
+        verbose_name = "model alias"
+        verbose_name_plural = "model aliases"
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.target_id}"
+
+
 class StoredResponse(models.Model):
     """A Response kept for its workspace (`store: true`), so it can be read, listed and continued.
 

@@ -17,6 +17,7 @@ from apikeys.services import create_api_key
 from billing.models import UsageEvent
 from billing.refusals import reset_refusal_buffer
 from gateway import catalogue
+from gateway.surfaces.anthropic import models as anthropic_models
 from writingmate.redis_connection import close_async_redis, sync_redis
 
 
@@ -42,6 +43,7 @@ def reset_process_state() -> None:
     cache.clear()
     access.bump_access_epoch()
     catalogue.forget_catalogue()
+    anthropic_models.forget_aliases()
     if settings.REDIS_URL:
         client = sync_redis()
         try:
