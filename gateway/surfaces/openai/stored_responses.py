@@ -265,6 +265,10 @@ async def plan_storage(*, caller: ApiCaller, body: dict) -> StoragePlan:
             param="previous_response_id",
             code="invalid_type",
         )
+    if not isinstance(body.get("input"), (str, list)):
+        # Nothing to keep or continue: the translator refuses the input itself, with its own 400.
+        rest = {name: value for name, value in body.items() if name != "previous_response_id"}
+        return StoragePlan(store=store, previous_response_id=previous_id, body=rest)
     needs_database = previous_id is not None or any(
         isinstance(item, dict) and item.get("type") == "item_reference" for item in _input_items(body)
     )
