@@ -87,6 +87,40 @@ class DailyMessageCount(models.Model):
         return f"{self.day} workspace {self.workspace_id} user {self.user_id}: {self.count}"
 
 
+class DailyKeyModelCount(models.Model):
+    """Per workspace × user × key × model × billing day: the auditor's breakdown, from the same roll-up."""
+
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    model = models.CharField(max_length=200)
+    day = models.DateField()
+    count = models.IntegerField(default=0, help_text="Messages counted against the plan (BYOK excluded).")
+    byok_count = models.IntegerField(default=0, help_text="Messages of BYOK requests, recorded but not limited.")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    requests = models.IntegerField(default=0)
+    failed_requests = models.IntegerField(default=0, help_text="Requests that failed upstream or were abandoned.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "daily_key_model_count"
+        verbose_name = "daily count by key and model"
+        verbose_name_plural = "daily counts by key and model"
+        ordering = ["-day", "workspace_id", "user_id", "key_id", "model"]
+        indexes = [models.Index(fields=["day", "workspace"]), models.Index(fields=["day", "key"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} key {self.key_id or '-'} {self.model}: {self.count}"
+
+
 class QuotaReservation(models.Model):
     """One in-flight message held by a request while Redis is unavailable (the database quota path).
 

@@ -98,6 +98,13 @@ def _close_api_db_connections(django_db_blocker) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_rollups_after_writes(settings) -> None:
+    """Roll-ups after ledger writes would run on the live server after a test's end; the tests that
+    want them turn them on."""
+    settings.BILLING_ROLLUP_AFTER_WRITES_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
 def _clean_caches() -> Iterator[None]:
     from tests.support import reset_process_state
 

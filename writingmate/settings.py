@@ -207,6 +207,11 @@ CELERY_BROKER_URL = celery_redis_url(REDIS_URL) if REDIS_URL else "memory://"
 CELERY_RESULT_BACKEND = None  # no task's result is read; a Redis URL here works the same way as the broker's
 CELERY_BROKER_USE_SSL = None  # kombu reads the TLS options from the rediss:// URL's query
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+# Without a broker there is no beat: each serving process then rolls up the days and workspaces its
+# ledger writes touched, at most once per this many seconds (0: only the beat task rolls up).
+BILLING_ROLLUP_AFTER_WRITES_SECONDS = env.float(
+    "BILLING_ROLLUP_AFTER_WRITES_SECONDS", default=20.0 if CELERY_TASK_ALWAYS_EAGER else 0.0
+)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE = {
