@@ -327,3 +327,16 @@ def test_audit_lists_cost_the_same_queries_for_ten_rows_or_fifty(
     flush_refusals_sync()
     assert queries() == few
     assert few <= 16, few  # session, user, filters, page, count, three prefetches, totals
+
+
+def test_the_audit_checks_the_breakdown_by_key_and_model_too(yesterday_usage):
+    from billing.rollups import audit_daily_message_counts
+
+    assert audit_daily_message_counts().ok
+    row = DailyKeyModelCount.objects.get(key=yesterday_usage["bob_key"], day=yesterday_usage["day"])
+    row.count += 1
+    row.save(update_fields=["count"])
+    result = audit_daily_message_counts()
+    assert not result.ok and "daily_key_model_count" in result.mismatches[0]
+    rollup_daily_message_counts(days=[yesterday_usage["day"]])
+    assert audit_daily_message_counts().ok
