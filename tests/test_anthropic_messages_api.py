@@ -503,3 +503,64 @@ def test_the_offline_demo_models_answer_here_too(base_url, caller, settings):
         assert stream.get_final_message().usage.output_tokens > 0
     lines = wait_for_usage_events(2)
     assert all(not line.tokens_estimated or line.completion_tokens > 0 for line in lines)
+
+
+def test_claude_codes_default_model_gets_the_settings_its_stand_in_takes(base_url, fake_upstream, caller):
+    messages = '[{"role":"user","content":[{"type":"text","text":"Hi","cache_control":{"type":"ephemeral"}}]}]'
+    raw = (
+        '{"model":"claude-opus-5-5","max_tokens":128000,"thinking":{"type":"adaptive"},'
+        '"output_config":{"effort":"high"},"context_management":{"edits":[]},"messages":' + messages + "}"
+    )
+    headers = {"x-api-key": caller.key, "content-type": "application/json"}
+    response = requests.post(f"{base_url}/v1/messages", data=raw, headers=headers, timeout=20)
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.last_request
+    assert sent.json["max_tokens"] == 64000
+    assert sent.json["thinking"] == {"type": "enabled", "budget_tokens": 32768}
+    assert "output_config" not in sent.json and sent.json["context_management"] == {"edits": []}
+    assert b'"messages":' + messages.encode() in sent.body  # the history, byte for byte
+
+    own_id = raw.replace("claude-opus-5-5", "claude-sonnet-4-5")  # the model's own id: nothing adapted
+    requests.post(f"{base_url}/v1/messages", data=own_id, headers=headers, timeout=20)
+    assert (
+        fake_upstream.last_request.body
+        == own_id.replace('"claude-sonnet-4-5"', '"anthropic/claude-sonnet-4.5"').encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "replace", "leave_out"),
+    [
+        (
+            {"max_tokens": 128000, "thinking": {"type": "adaptive"}},
+            {"max_tokens": 64000, "thinking": {"type": "enabled", "budget_tokens": 16384}},
+            set(),
+        ),
+        (
+            {"max_tokens": 2000, "thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}},
+            {"thinking": {"type": "enabled", "budget_tokens": 1999}},
+            {"output_config"},
+        ),
+        ({"max_tokens": 500, "thinking": {"type": "adaptive"}}, {}, {"thinking"}),
+        (
+            {"max_tokens": 100000, "thinking": {"type": "enabled", "budget_tokens": 90000}},
+            {"max_tokens": 64000, "thinking": {"type": "enabled", "budget_tokens": 63999}},
+            set(),
+        ),
+        (
+            {"max_tokens": 1000, "output_config": {"effort": "low", "format": {"type": "json_schema"}}},
+            {"output_config": {"format": {"type": "json_schema"}}},
+            set(),
+        ),
+    ],
+)
+def test_a_stand_in_adapts_only_top_level_settings(body, replace, leave_out):
+    from gateway.catalogue import CatalogueEntry
+    from gateway.surfaces.anthropic.adapt import adapt_request
+    from gateway.surfaces.anthropic.models import Resolved
+
+    entry = CatalogueEntry(CLAUDE, "Claude", "openrouter", "chat", CLAUDE, "premium", "anthropic", 0, False)
+    adaptation = adapt_request(body, Resolved(entry, stands_in=True, max_output_tokens=64000))
+    assert adaptation.replace == replace and adaptation.leave_out == leave_out
+    assert adapt_request(body, Resolved(entry)).replace == {}
