@@ -170,6 +170,12 @@ class UsageEventAdmin(NamesAndTotals):
     totals += (("Output tokens", "completion_tokens"),)
     actions = ("export_selected_csv",)
 
+    def total_figures(self, queryset: QuerySet) -> list[tuple[str, int]]:
+        # Lines include settlements (corrections); requests are the request lines only.
+        requests = queryset.order_by().filter(kind=UsageEvent.Kind.REQUEST).count()
+        figures = super().total_figures(queryset)
+        return [figures[0], ("Requests", requests), *figures[1:]]
+
     @admin.display(description="tokens in / out")
     def tokens(self, obj: UsageEvent) -> str:
         return f"{obj.prompt_tokens} / {obj.completion_tokens}"
