@@ -714,6 +714,14 @@ class FakeUpstream:
             if record is not None:
                 record.generation_id = message_id
                 record.stream = stream
+                # /generation answers for it too, in chat terms (prompt includes cache reads and writes).
+                tokens = self.messages_usage
+                cached = tokens.get("cache_read_input_tokens", 0)
+                self._issued[message_id] = {
+                    "prompt_tokens": tokens["input_tokens"] + cached + tokens.get("cache_creation_input_tokens", 0),
+                    "completion_tokens": tokens["output_tokens"],
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                }
             if stream:
                 response = await self._stream_message(request, message_id, model, content, stop_reason, failure, record)
             else:
