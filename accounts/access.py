@@ -90,7 +90,9 @@ def load_user_access(*, user_id: int) -> UserAccess | None:
         to_attr="active_licences",
     )
     memberships = (
-        Membership.objects.filter(user_id=user_id).select_related("workspace__plan").prefetch_related(active_licences)
+        Membership.objects.filter(user_id=user_id, workspace__deactivated_at__isnull=True)
+        .select_related("workspace__plan")
+        .prefetch_related(active_licences)
     )
     workspaces = {}
     for membership in memberships:

@@ -47,6 +47,13 @@ class InvalidApiKey(exceptions.AuthenticationFailed):
 
 class WorkspaceAccessDenied(exceptions.PermissionDenied):
     default_code = "workspace_access_denied"
+    grant: KeyGrant | None = None  # the valid key's grant, so the refusal is recorded against it
+
+
+def _workspace_denied(grant: KeyGrant, message: str) -> WorkspaceAccessDenied:
+    denied = WorkspaceAccessDenied(message)
+    denied.grant = grant
+    return denied
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
         if workspace_id is None or workspace_id not in access.workspaces:
             # A user whose current workspace was deleted still has their other memberships.
             if not access.workspaces:
-                raise WorkspaceAccessDenied("Your account has no workspace. Create one in Settings → Workspaces.")
+                raise _workspace_denied(grant, "Your account has no workspace. Create one in Settings → Workspaces.")
             workspace_id = min(access.workspaces)
         return access.workspaces[workspace_id]
     raw = workspace_header.strip()
@@ -113,8 +120,8 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
     is_id = raw.isascii() and raw.isdigit() and len(raw) <= 19
     workspace = access.workspaces.get(int(raw)) if is_id else None
     if workspace is None:
-        raise WorkspaceAccessDenied(
-            f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
+        raise _workspace_denied(
+            grant, f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
         )
     return workspace
 

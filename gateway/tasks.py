@@ -1,4 +1,4 @@
-"""Celery entry points for the gateway: the model catalogue sync and settlement of estimated usage."""
+"""Celery entry points for the gateway: the model catalogue sync, settlement of estimated usage, the stored responses purge."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from celery import shared_task
 
 from billing import settlement
 from gateway.providers.openrouter import fetch_generation_stats
+from gateway.surfaces.openai.stored_responses import purge_expired_responses
 from gateway.sync import ModelSyncUnavailable, sync_models
 
 
@@ -38,3 +39,9 @@ def settle_pending_generations_task() -> dict[str, int]:
 def settle_generation_task(self, request_id: str) -> str:
     """Settle one estimated request; OpenRouter answers 404 for a few seconds after a generation, so retry."""
     return settlement.settle_generation(request_id=request_id, fetch_stats=fetch_generation_stats).outcome
+
+
+@shared_task(soft_time_limit=600, time_limit=660)
+def purge_stored_responses_task() -> int:
+    """Idempotent: deletes stored responses past RESPONSES_RETENTION_DAYS; returns how many."""
+    return purge_expired_responses()

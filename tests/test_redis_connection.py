@@ -9,7 +9,7 @@ import pytest
 import redis.exceptions
 from django.conf import settings
 
-from billing import quotas
+from billing.quotas import counters as quota_counters
 from tests.support import run_async as run
 from writingmate.redis_connection import async_redis, celery_redis_url
 
@@ -29,7 +29,7 @@ def test_a_batch_of_script_runs_goes_out_in_one_write_and_loads_the_script_when_
         client = async_redis()
         await client.script_flush()
         script = client.register_script("return ARGV[1] * 2")
-        doubled = await quotas._run_in_one_write(client, script, [([], [n]) for n in range(5)])
+        doubled = await quota_counters.run_in_one_write(client, script, [([], [n]) for n in range(5)])
         known = await client.script_exists(script.sha)
         return doubled, known
 
@@ -43,7 +43,7 @@ def test_an_error_reply_in_a_batch_reaches_the_caller():
         await client.set("wm:test:string", "1")
         script = client.register_script("return redis.call('LPUSH', KEYS[1], 'x')")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            await quotas._run_in_one_write(client, script, [(["wm:test:string"], [])])
+            await quota_counters.run_in_one_write(client, script, [(["wm:test:string"], [])])
 
     run(scenario())
 

@@ -27,8 +27,11 @@ class OpenRouterProvider:
             "Accept-Encoding": "identity",
             "X-Request-Id": call.request_id,
             **_ATTRIBUTION,
+            **call.headers,
         }
-        data = json.dumps(call.json_body, separators=(",", ":")).encode()
+        data = (
+            call.raw_body if call.raw_body is not None else json.dumps(call.json_body, separators=(",", ":")).encode()
+        )
         return await http.post(
             f"{settings.OPENROUTER_BASE_URL}{call.path}", headers=headers, data=data, stream=call.stream
         )
