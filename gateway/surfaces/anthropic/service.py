@@ -55,6 +55,7 @@ async def _admit(caller: ApiCaller, body: dict) -> tuple[catalogue.CatalogueEntr
     try:
         translate.check_request(body)
         entry = await resolve_model(body.get("model"), caller.workspace)
+        catalogue.ensure_key_allows(entry, key=caller.grant, requested=str(body.get("model")))
         _check_routing(body, entry)
         return entry, route_chat(entry=entry, caller=caller)
     except ApiError:
@@ -220,7 +221,7 @@ async def count_tokens(*, caller: ApiCaller, raw_body: bytes) -> dict:
 
 async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
     """The workspace's chat models in Anthropic's list shape (Claude Code reads it for its model picker)."""
-    entries = [e for e in await catalogue.models_for(caller.workspace) if e.kind == "chat"]
+    entries = [e for e in await catalogue.models_for(caller.workspace, key=caller.grant) if e.kind == "chat"]
     ids = [e.slug for e in entries]
     if after_id in ids:
         entries = entries[ids.index(after_id) + 1 :]
