@@ -10,18 +10,21 @@ still be billed for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from gateway import metrics
 from gateway.providers.base import ProviderError, UpstreamResponse
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEARTBEAT = b": keep-alive\n\n"
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _ERROR_KEY = re.compile(rb'"error"\s*:\s*[{"]')
 
@@ -91,6 +94,59 @@ def _openai_error_event(error: object) -> bytes:
 def _without_usage(event: dict) -> bytes:
     event.pop("usage", None)
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def send_event_stream(events: AsyncIterator[bytes], send: Callable[[dict], Awaitable[None]]) -> None:
+    """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
+    STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
+    silent stream (a reasoning model thinking) open.
+
+    One timer per stream, moved lazily: a sent chunk only records the time, so the hot path pays one
+    clock read. A heartbeat is sent from the timer while the stream waits for its upstream; the next
+    chunk waits for it to finish, so the two never interleave.
+    """
+    interval = settings.STREAM_HEARTBEAT_SECONDS
+    if interval <= 0:
+        async for chunk in events:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    beating: asyncio.Task | None = None
+
+    async def beat() -> None:
+        nonlocal last_sent
+        with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
+            await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+        last_sent = loop.time()
+
+    def check() -> None:
+        nonlocal timer, beating
+        now = loop.time()
+        if beating is not None and beating.done():
+            beating = None
+        if now - last_sent >= interval and beating is None:
+            beating = loop.create_task(beat())
+            due = now + interval
+        else:
+            due = max(last_sent + interval, now + 0.001)
+        timer = loop.call_at(due, check)
+
+    timer = loop.call_at(last_sent + interval, check)
+    try:
+        async for chunk in events:
+            if not chunk:
+                continue
+            if beating is not None:
+                await beating
+                beating = None
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last_sent = loop.time()
+    finally:
+        timer.cancel()
+        if beating is not None:
+            await beating
 
 
 async def relay_events(

@@ -26,7 +26,8 @@ from gateway.core.refusals import note_refused
 from gateway.core.streaming import EventStreamResponse
 from gateway.core.validation import parse_json_object
 from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
-from gateway.surfaces.openai import audio, responses_service, stored_responses
+from gateway.surfaces.openai import audio, stored_responses
+from gateway.surfaces.openai.responses import service as responses_service
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,11 @@ async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
 @api_endpoint(method="POST", name="responses")
 async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
     return await _proxied_json(request, caller, responses_service.create_response)
+
+
+@api_endpoint(method="POST", name="responses.compact")
+async def responses_compact(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    return await _proxied_json(request, caller, responses_service.compact_response)
 
 
 @api_endpoint(method="GET", name="responses.retrieve")
