@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -25,8 +26,7 @@ from apikeys import keys
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
 from writingmate.background import run_in_background
 from writingmate.db import run_db
-from writingmate.fast_redis import FastRedis
-from writingmate.redis_connection import fast_redis
+from writingmate.redis_connection import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ class InvalidApiKey(exceptions.AuthenticationFailed):
 
 class WorkspaceAccessDenied(exceptions.PermissionDenied):
     default_code = "workspace_access_denied"
+    grant: KeyGrant | None = None  # the valid key's grant, so the refusal is recorded against it
+
+
+def _workspace_denied(grant: KeyGrant, message: str) -> WorkspaceAccessDenied:
+    denied = WorkspaceAccessDenied(message)
+    denied.grant = grant
+    return denied
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
         if workspace_id is None or workspace_id not in access.workspaces:
             # A user whose current workspace was deleted still has their other memberships.
             if not access.workspaces:
-                raise WorkspaceAccessDenied("Your account has no workspace. Create one in Settings → Workspaces.")
+                raise _workspace_denied(grant, "Your account has no workspace. Create one in Settings → Workspaces.")
             workspace_id = min(access.workspaces)
         return access.workspaces[workspace_id]
     raw = workspace_header.strip()
@@ -113,8 +120,8 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
     is_id = raw.isascii() and raw.isdigit() and len(raw) <= 19
     workspace = access.workspaces.get(int(raw)) if is_id else None
     if workspace is None:
-        raise WorkspaceAccessDenied(
-            f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
+        raise _workspace_denied(
+            grant, f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
         )
     return workspace
 
@@ -168,7 +175,7 @@ async def _touch_if_due(key_id: int, due: bool) -> None:
 async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> tuple[KeyGrant, int | None]:
     """The presented key's grant, and the access epoch still to be confirmed for it (None if confirmed)."""
     key_hash = keys.hash_key(presented)
-    client = fast_redis()
+    client = async_redis()
     if client is None:
         hit, grant = _local_cache.get(key_hash)
         if not hit:
@@ -212,7 +219,7 @@ async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> t
     return grant, None
 
 
-async def _note_use(client: FastRedis, grant: KeyGrant) -> None:
+async def _note_use(client: aioredis.Redis, grant: KeyGrant) -> None:
     if _local_cache.should_touch(grant.key_id):
         # Once a minute per process at most, and the NX key makes it once a minute across processes.
         try:

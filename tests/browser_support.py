@@ -173,12 +173,16 @@ def horizontal_overflow(driver: Any, *, width: int) -> int:
 def boxes_scrolling_sideways(driver: Any) -> list[str]:
     """Boxes on the page whose content is wider than they are (a table scrolling inside its card).
 
-    A <select> list box whose options are wider than it is does not count: that is the control's own
-    scrolling, not the page's layout."""
+    A <select> list box whose options are wider than it is does not count (the control's own scrolling),
+    nor does a deliberate scroll region a keyboard can reach and a screen reader can name (tabindex=0
+    plus aria-label/aria-labelledby): a code snippet or a chart, content WCAG 1.4.10 lets keep its
+    two-dimensional layout. Tables are not exempt: they stack."""
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('body *:not(select):not(option)')).filter(el => {"
         "  const style = getComputedStyle(el);"
-        "  return ['auto', 'scroll'].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1;"
+        "  const region = el.tagName !== 'TABLE' && el.getAttribute('tabindex') === '0' &&"
+        "                 (el.hasAttribute('aria-label') || el.hasAttribute('aria-labelledby'));"
+        "  return !region && ['auto', 'scroll'].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1;"
         "}).map(el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +"
         "            (el.className && typeof el.className === 'string' ? '.' + el.className.trim().split(/\\s+/).join('.') : ''));"
     )

@@ -168,7 +168,7 @@ def test_production_settings_log_json_through_the_redacting_handler():
     script = (
         "import django, logging; django.setup(); "
         "from writingmate.logs import bind_request_id; bind_request_id('req_prod'); "
-        f"logging.getLogger('gateway.views').warning('bad key %s', {key!r}); "
+        f"logging.getLogger('gateway.surfaces.openai.views').warning('bad key %s', {key!r}); "
         f"logging.getLogger('uvicorn.error').error('uvicorn line {key}')"
     )
     result = subprocess.run(
@@ -177,7 +177,7 @@ def test_production_settings_log_json_through_the_redacting_handler():
     assert result.returncode == 0, result.stderr
     assert key not in result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines()]
-    assert [record["logger"] for record in records] == ["gateway.views", "uvicorn.error"]
+    assert [record["logger"] for record in records] == ["gateway.surfaces.openai.views", "uvicorn.error"]
     assert all(record["request_id"] == "req_prod" for record in records)
     assert records[0]["message"] == f"bad key {key[:10]}…{key[-4:]}"
 

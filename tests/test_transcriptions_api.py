@@ -14,7 +14,7 @@ from accounts.access import bump_access_epoch
 from accounts.encryption import encrypt_secret
 from accounts.models import OpenRouterKey
 from billing.models import UsageEvent
-from gateway.transcriptions import sniff_audio_format, transcription_usage
+from gateway.surfaces.openai.audio import sniff_audio_format, transcription_usage
 from tests.fake_upstream import DEFAULT_TRANSCRIPT, FakeUpstream
 from tests.openapi_schemas import assert_conforms
 from tests.support import make_user, wait_for_usage_events

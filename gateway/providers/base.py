@@ -2,7 +2,7 @@
 
 A provider gets a fully prepared call (the URL comes from settings, never from the client) and
 returns the upstream's status, headers and either the whole body or an async iterator of raw
-chunks. Streams are relayed byte for byte by gateway.streaming; providers never touch the ORM.
+chunks. Streams are relayed byte for byte by gateway.core.streaming; providers never touch the ORM.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class UpstreamCall:
     form_fields: Mapping[str, str] = field(default_factory=dict)
     file_field: tuple[str, bytes | object, str] | None = None  # (filename, content or file, content type)
     stream: bool = False
+    raw_body: bytes | None = None  # sent as it is instead of `json_body` (the Anthropic surface's passthrough)
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra headers, e.g. anthropic-version
 
 
 @dataclass

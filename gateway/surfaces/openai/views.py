@@ -19,11 +19,15 @@ from accounts.access import AccessChanged
 from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_request
 from apikeys.throttling import ensure_address_allowed, note_invalid_key
 from billing.quotas import current_budget
-from gateway import catalogue, responses_service, services, transcriptions
+from gateway import catalogue
+from gateway.core import calls
+from gateway.core.finalizers import add_finalizer
+from gateway.core.refusals import note_refused
+from gateway.core.streaming import EventStreamResponse
+from gateway.core.validation import parse_json_object
 from gateway.errors import ApiError, error_response, from_drf_exception, service_unavailable
-from gateway.finalizers import add_finalizer
-from gateway.streaming import EventStreamResponse
-from gateway.validation import parse_json_object
+from gateway.surfaces.openai import audio, stored_responses
+from gateway.surfaces.openai.responses import service as responses_service
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +53,10 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
                     status=405,
                     code="method_not_allowed",
                 )
-                response = error_response(error)
+                response = _refused(request, error)
                 response["Allow"] = method
                 return response
+            caller: ApiCaller | None = None
             try:
                 await ensure_address_allowed(request.META.get("REMOTE_ADDR") or "")
                 allow_unconfirmed = reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
@@ -60,19 +65,27 @@ def api_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Cal
                     return await view(request, caller, **kwargs)
                 except AccessChanged:
                     # Nothing was held or sent upstream yet: start over on a freshly read grant.
-                    return await view(request, await _authenticate(request, allow_unconfirmed=False), **kwargs)
+                    caller = await _authenticate(request, allow_unconfirmed=False)
+                    return await view(request, caller, **kwargs)
             except ApiError as exc:
-                return error_response(exc)
+                return _refused(request, exc, caller=caller)
             except APIException as exc:
-                return error_response(from_drf_exception(exc))
+                return _refused(request, from_drf_exception(exc), caller=caller, cause=exc)
             except DatabaseError:
                 # Keys or limits cannot be checked: fail closed, with a status the SDKs retry.
                 logger.warning("database unavailable on %s (%s)", request.path, request.request_id, exc_info=True)
-                return error_response(service_unavailable())
+                return _refused(request, service_unavailable(), caller=caller)
 
         return wrapper
 
     return decorate
+
+
+def _refused(
+    request: HttpRequest, error: ApiError, *, caller: ApiCaller | None = None, cause: Exception | None = None
+) -> HttpResponse:
+    note_refused(request, error, caller=caller, cause=cause)
+    return error_response(error)
 
 
 async def _authenticate(request: HttpRequest, *, allow_unconfirmed: bool) -> ApiCaller:
@@ -114,10 +127,10 @@ async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str
     raise ApiError(f"The model '{slug}' does not exist", status=404, param="model", code="model_not_found")
 
 
-def _respond(request: HttpRequest, call: services.GatewayCall) -> HttpResponseBase:
+def _respond(request: HttpRequest, call: calls.GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
-    if isinstance(result, services.CompletionStream):
+    if isinstance(result, calls.CompletionStream):
         return EventStreamResponse(result.chunks, headers=result.headers)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for name, value in result.headers.items():
@@ -145,12 +158,12 @@ async def _proxied_json(request: HttpRequest, caller: ApiCaller, create: Callabl
 
 @api_endpoint(method="POST", name="chat.completions", reserves_quota=True)
 async def chat_completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    return await _proxied_json(request, caller, services.create_chat_completion)
+    return await _proxied_json(request, caller, calls.create_chat_completion)
 
 
 @api_endpoint(method="POST", name="completions", reserves_quota=True)
 async def completions(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    return await _proxied_json(request, caller, services.create_completion)
+    return await _proxied_json(request, caller, calls.create_completion)
 
 
 @api_endpoint(method="POST", name="responses")
@@ -158,7 +171,41 @@ async def responses(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase
     return await _proxied_json(request, caller, responses_service.create_response)
 
 
-def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transcriptions.AudioUpload | None]:
+@api_endpoint(method="POST", name="responses.compact")
+async def responses_compact(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
+    return await _proxied_json(request, caller, responses_service.compact_response)
+
+
+@api_endpoint(method="GET", name="responses.retrieve")
+async def _response_retrieve(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    if request.GET.get("stream") not in (None, "", "false"):
+        raise ApiError(
+            "Streaming a stored response again is only for background responses, which this API does not run.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    body = await stored_responses.retrieve_response(caller=caller, response_id=response_id)
+    return HttpResponse(body, content_type="application/json")
+
+
+@api_endpoint(method="DELETE", name="responses.delete")
+async def _response_delete(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    return _json(await stored_responses.delete_response(caller=caller, response_id=response_id))
+
+
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    """GET or DELETE /v1/responses/{id}."""
+    view = _response_delete if request.method == "DELETE" else _response_retrieve
+    return await view(request, response_id=response_id)
+
+
+@api_endpoint(method="GET", name="responses.input_items")
+async def response_input_items(request: HttpRequest, caller: ApiCaller, response_id: str) -> HttpResponse:
+    query = stored_responses.list_query(dict(request.GET.lists()))
+    return _json(await stored_responses.list_input_items(caller=caller, response_id=response_id, query=query))
+
+
+def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], audio.AudioUpload | None]:
     try:
         fields, files = request.POST, request.FILES
     except (MultiPartParserError, SuspiciousOperation) as exc:
@@ -166,7 +213,7 @@ def _parse_multipart(request: HttpRequest) -> tuple[dict[str, list[str]], transc
     uploaded = files.get("file")
     upload = None
     if uploaded is not None:
-        upload = transcriptions.AudioUpload(
+        upload = audio.AudioUpload(
             filename=uploaded.name or "",
             content_type=uploaded.content_type or "",
             size=uploaded.size or 0,
@@ -188,7 +235,7 @@ async def audio_transcriptions(request: HttpRequest, caller: ApiCaller) -> HttpR
     if fields.get("model"):
         request.api_model = fields["model"][-1]
     try:
-        call = await transcriptions.create_transcription(
+        call = await audio.create_transcription(
             caller=caller, fields=fields, upload=upload, request_id=request.request_id
         )
     finally:

@@ -27,13 +27,15 @@ from billing.idempotency import (
     begin_idempotent,
     complete_idempotent,
 )
+from billing.ledger import UsageRecord, count_for
 from billing.quotas import QuotaExceeded, Reservation, reserve_message
-from billing.recording import UsageRecord, count_for, finish_request
-from gateway import catalogue, metrics, validation
+from billing.recording import finish_request
+from gateway import catalogue, metrics
+from gateway.core import validation
+from gateway.core.routing import Route, route_chat
+from gateway.core.streaming import CallOutcome, relay_events
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
-from gateway.routing import Route, route_chat
-from gateway.streaming import CallOutcome, relay_events
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
 
 logger = logging.getLogger(__name__)

@@ -15,12 +15,13 @@ from typing import BinaryIO
 from django.conf import settings
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
+from gateway.core.calls import Completion, GatewayCall, admit, observe_outcome, reserve, send_upstream, usage_record
+from gateway.core.routing import route_transcription
+from gateway.core.streaming import CallOutcome
 from gateway.errors import ApiError, invalid_request
 from gateway.providers.base import UpstreamCall
-from gateway.routing import route_transcription
-from gateway.services import Completion, GatewayCall, admit, observe_outcome, reserve, send_upstream, usage_record
-from gateway.streaming import CallOutcome
 
 ENDPOINT = "audio.transcriptions"  # as recorded in the ledger
 UPSTREAM_PATH = "/audio/transcriptions"

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from gateway import views
+from gateway.surfaces.openai import views
 
 api_patterns = [
     path("models", views.models_list, name="models"),
@@ -11,5 +11,8 @@ api_patterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
     path("responses", views.responses, name="responses"),
+    path("responses/compact", views.responses_compact, name="responses-compact"),  # before responses/<id>
+    path("responses/<str:response_id>", views.response_detail, name="response"),
+    path("responses/<str:response_id>/input_items", views.response_input_items, name="response-input-items"),
     path("audio/transcriptions", views.audio_transcriptions, name="audio-transcriptions"),
 ]
