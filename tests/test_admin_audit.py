@@ -270,7 +270,13 @@ def test_the_ledger_lists_names_filters_by_billing_day_and_exports_names(staff, 
     assert {e.request_id for e in page.context["cl"].result_list} == {"a1", "a2", "b1", "b2"}
     html = page.content.decode()
     assert "alice@example.com" in html and "laptop (" in html and "Acme research" in html
-    assert dict(page.context_data["totals"])["Messages"] == 5
+    totals = dict(page.context_data["totals"])
+    assert (totals["Messages"], totals["Requests"], totals["Input tokens"], totals["Output tokens"]) == (
+        5,
+        4,
+        20030,
+        20,
+    )
     day = yesterday_usage["day"]
     drilled = staff.get(url, {"day__year": day.year, "day__month": day.month, "day__day": day.day})
     assert {e.request_id for e in drilled.context["cl"].result_list} == {"a1", "a2", "b1", "b2"}

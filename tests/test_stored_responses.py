@@ -101,8 +101,8 @@ def test_a_response_is_readable_from_a_second_server_process(client, live_server
         other = sdk(f"{second.url}/api/openai/v1", caller.key)
         created = client.responses.create(model=MODEL, input="Say hello")
 
-        read = other.responses.retrieve(created.id)
-        assert read.model_dump() == created.model_dump()
+        read = other.responses.with_raw_response.retrieve(created.id)
+        assert validated(read.http_response.content).model_dump() == created.model_dump()
         items = list(other.responses.input_items.list(created.id))
         assert [(item.type, item.role) for item in items] == [("message", "user")]
 
@@ -247,6 +247,12 @@ def test_previous_response_id_sends_the_stored_context_upstream_without_its_inst
         REPLY,
         "Once more",
     ]
+    # Continuing without storing: the context still goes upstream, the new response is not kept.
+    unstored = client.responses.create(model=MODEL, input="Off the record", previous_response_id=first.id, store=False)
+    assert [m["content"] for m in upstream_messages(fake_upstream)] == ["Hi there", REPLY, "Off the record"]
+    assert unstored.store is False and unstored.previous_response_id == first.id
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
     # The chain's input items: everything the model saw, ids kept from the responses before.
     listed = list(client.responses.input_items.list(third.id, order="asc"))
     assert [item.id for item in listed[:2]] == [
@@ -255,8 +261,8 @@ def test_previous_response_id_sends_the_stored_context_upstream_without_its_inst
     ]
     assert listed[3].id == second.output[0].id
     # Billed as one request each; the replayed context is in the upstream's own prompt count.
-    events = wait_for_usage_events(3, workspace_id=caller.workspace.pk)
-    assert [e.counted_messages for e in events] == [1, 1, 1]
+    events = wait_for_usage_events(4, workspace_id=caller.workspace.pk)
+    assert [e.counted_messages for e in events] == [1, 1, 1, 1]
 
 
 @live
