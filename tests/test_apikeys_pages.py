@@ -167,6 +167,9 @@ def test_the_revealed_curl_and_python_setups_work_against_this_server(live_serve
     assert json.loads(curl.stdout)["object"] == "chat.completion"
     assert [r.json["model"] for r in fake_upstream.requests_to("/chat/completions")] == ["google/gemini-2.5-flash"] * 2
     wait_for_usage_events(2)
+    # The key's own usage on the list: both requests, today and this month.
+    row = row_of(client.get(reverse("apikey-list")).content.decode(), "Laptop")
+    assert row.count("2 requests") == 2 and row.count("2 messages") == 2
 
 
 def test_rename_changes_only_the_name_and_needs_the_owner(signed_in, user, client) -> None:
