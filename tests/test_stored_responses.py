@@ -18,7 +18,7 @@ from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from openai.types.responses import Response, ResponseItem
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 
 from accounts.models import User
 from gateway.models import StoredResponse, StoredResponseItem
@@ -38,6 +38,7 @@ WEATHER_TOOL = {
     "strict": True,
 }
 ITEMS = pydantic.TypeAdapter(ResponseItem)
+STREAM_EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 
 live = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -137,6 +138,28 @@ def test_the_sdk_stream_helper_gives_an_id_that_can_be_read_at_once(client, fake
     assert final.store is True
     read = client.responses.retrieve(final.id)
     assert (read.id, read.output_text, read.usage) == (final.id, final.output_text, final.usage)
+
+
+@live
+def test_every_event_of_a_stored_stream_is_valid_and_the_final_response_is_what_is_stored(
+    live_server, fake_upstream, caller
+):
+    raw = requests.post(
+        f"{live_server.api_base}/responses",
+        json={"model": MODEL, "input": "Say hello", "stream": True},
+        headers={"Authorization": f"Bearer {caller.key}"},
+        timeout=20,
+    )
+    events = [
+        STREAM_EVENTS.validate_python(json.loads(line[len("data: ") :]))
+        for line in raw.text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+    assert events[0].type == "response.created" and events[0].response.store is True
+    assert events[-1].type == "response.completed"
+    stored = validated(StoredResponse.objects.get(pk=events[-1].response.id).response)
+    assert stored == events[-1].response
 
 
 @live
