@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from typing import Any
 
-from django.http import HttpResponse
+from django.db import DatabaseError
+from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
+
+logger = logging.getLogger(__name__)
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -77,6 +82,49 @@ def from_drf_exception(exc: drf_exceptions.APIException) -> ApiError:
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.wait)))
     return ApiError(str(detail), status=exc.status_code, code=code, headers=headers)
+
+
+def unsupported_media_type(content_type: str, expected: str) -> ApiError:
+    media_type = content_type.split(";", 1)[0].strip()
+    return ApiError(
+        f"Unsupported content type {media_type!r}: send {expected}.", status=415, code="unsupported_media_type"
+    )
+
+
+def method_not_allowed(method: str, path: str, allowed: list[str]) -> ApiError:
+    return ApiError(
+        f"Method {method} is not allowed on {path}; use {', '.join(allowed)}.",
+        status=405,
+        code="method_not_allowed",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
+    """REST_FRAMEWORK's EXCEPTION_HANDLER for /v1: every failure in OpenAI's error shape.
+
+    None (an unexpected exception) lets it propagate to gateway.asgi, which logs it and answers 500.
+    """
+    view = context.get("view")
+    request = context.get("request")
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, drf_exceptions.MethodNotAllowed) and request is not None:
+        allowed = [method for method in getattr(view, "allowed_methods", []) if method != "OPTIONS"]
+        return error_response(method_not_allowed(request.method, request.path, allowed))
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType) and request is not None:
+        expected = getattr(view, "expected_content", "application/json")
+        return error_response(unsupported_media_type(request.content_type or "", expected))
+    if isinstance(exc, drf_exceptions.APIException):
+        return error_response(from_drf_exception(exc))
+    if isinstance(exc, Http404):
+        return error_response(ApiError(str(exc) or "Not found.", status=404, code="not_found"))
+    if isinstance(exc, DatabaseError):
+        # Keys or limits cannot be checked: fail closed, with a status the SDKs retry.
+        path = getattr(request, "path", "?")
+        logger.warning("database unavailable on %s (%s)", path, getattr(request, "request_id", "-"), exc_info=True)
+        return error_response(service_unavailable())
+    return None
 
 
 def error_response(error: ApiError, *, extra_headers: dict[str, str] | None = None) -> HttpResponse:

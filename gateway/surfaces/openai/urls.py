@@ -5,11 +5,11 @@ from django.urls import path, re_path
 from gateway.surfaces.openai import views
 
 api_patterns = [
-    path("models", views.models_list, name="models"),
+    path("models", views.ModelsView.as_view(), name="models"),
     # Model ids contain "/": match the rest of the path, whether the slash came literal or as %2F.
-    re_path(r"^models/(?P<model_id>.+)$", views.models_retrieve, name="model"),
-    path("chat/completions", views.chat_completions, name="chat-completions"),
-    path("completions", views.completions, name="completions"),
-    path("responses", views.responses, name="responses"),
-    path("audio/transcriptions", views.audio_transcriptions, name="audio-transcriptions"),
+    re_path(r"^models/(?P<model_id>.+)$", views.ModelView.as_view(), name="model"),
+    path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("completions", views.CompletionsView.as_view(), name="completions"),
+    path("responses", views.ResponsesView.as_view(), name="responses"),
+    path("audio/transcriptions", views.TranscriptionsView.as_view(), name="audio-transcriptions"),
 ]
