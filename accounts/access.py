@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from django.db.models import Prefetch
 
 from accounts.models import AppSumoLicence, Membership, OpenRouterKey, User
-from writingmate.redis_connection import fast_redis, sync_redis
+from writingmate.redis_connection import async_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def load_user_access(*, user_id: int) -> UserAccess | None:
         to_attr="active_licences",
     )
     memberships = (
-        Membership.objects.filter(user_id=user_id).select_related("workspace__plan").prefetch_related(active_licences)
+        Membership.objects.filter(user_id=user_id, workspace__deactivated_at__isnull=True)
+        .select_related("workspace__plan")
+        .prefetch_related(active_licences)
     )
     workspaces = {}
     for membership in memberships:
@@ -137,7 +139,7 @@ def local_access_epoch() -> int:
 
 async def confirm_access_epoch(epoch: int) -> None:
     """Raise AccessChanged unless Redis still holds `epoch`, i.e. no access changed since it was read."""
-    client = fast_redis()
+    client = async_redis()
     if client is None:
         raise AccessChanged("no Redis holds the access epoch")
     try:

@@ -51,6 +51,9 @@ class Workspace(models.Model):
     name = models.CharField(max_length=200)
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="workspaces")
     created_at = models.DateTimeField(default=timezone.now)
+    deactivated_at = models.DateTimeField(
+        null=True, blank=True, help_text="Deactivated workspaces keep their records but cannot be used on the API."
+    )
 
     objects = WorkspaceManager()
 

@@ -1,4 +1,4 @@
-"""Staff admin for developer keys: the hash is never shown; revoking goes through the service."""
+"""Staff admin for developer keys: the hash is never shown; keys are revoked (through the service), never deleted."""
 
 from __future__ import annotations
 
@@ -75,10 +75,6 @@ class DeveloperKeyAdmin(admin.ModelAdmin):
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        super().delete_model(request, obj)
-        transaction.on_commit(bump_access_epoch)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        super().delete_queryset(request, queryset)
-        transaction.on_commit(bump_access_epoch)
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The ledger and the refusal record name keys: a key is revoked, never deleted.
+        return False

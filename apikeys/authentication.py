@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions
@@ -26,8 +27,7 @@ from apikeys import keys, throttling
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
 from writingmate.background import run_in_background
 from writingmate.db import run_db
-from writingmate.fast_redis import FastRedis
-from writingmate.redis_connection import fast_redis
+from writingmate.redis_connection import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,13 @@ class InvalidApiKey(exceptions.AuthenticationFailed):
 
 class WorkspaceAccessDenied(exceptions.PermissionDenied):
     default_code = "workspace_access_denied"
+    grant: KeyGrant | None = None  # the valid key's grant, so the refusal is recorded against it
+
+
+def _workspace_denied(grant: KeyGrant, message: str) -> WorkspaceAccessDenied:
+    denied = WorkspaceAccessDenied(message)
+    denied.grant = grant
+    return denied
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,13 @@ def _masked(presented: str) -> str:
     return f"{presented[:4]}{'*' * 8}{presented[-4:]}"
 
 
-def _presented_key(authorization: str | None) -> str:
+def _presented_key(authorization: str | None, missing_message: str) -> str:
     if not authorization:
-        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
+        raise InvalidApiKey(missing_message)
     scheme, _, presented = authorization.strip().partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
+        raise InvalidApiKey(missing_message)
     return presented
 
 
@@ -105,7 +112,7 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
         if workspace_id is None or workspace_id not in access.workspaces:
             # A user whose current workspace was deleted still has their other memberships.
             if not access.workspaces:
-                raise WorkspaceAccessDenied("Your account has no workspace. Create one in Settings → Workspaces.")
+                raise _workspace_denied(grant, "Your account has no workspace. Create one in Settings → Workspaces.")
             workspace_id = min(access.workspaces)
         return access.workspaces[workspace_id]
     raw = workspace_header.strip()
@@ -113,8 +120,8 @@ def select_workspace(grant: KeyGrant, workspace_header: str | None) -> Workspace
     is_id = raw.isascii() and raw.isdigit() and len(raw) <= 19
     workspace = access.workspaces.get(int(raw)) if is_id else None
     if workspace is None:
-        raise WorkspaceAccessDenied(
-            f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
+        raise _workspace_denied(
+            grant, f"Workspace {raw[:40]!r} does not exist or you are not a member of it (x-writingmate-workspace)."
         )
     return workspace
 
@@ -177,7 +184,7 @@ async def resolve_grant(
         before_lookup()  # no lookup, but a flood of junk still counts as bad keys
         return None, None
     key_hash = keys.hash_key(presented)
-    client = fast_redis()
+    client = async_redis()
     if client is None:
         hit, grant = _local_cache.get(key_hash)
         if not hit:
@@ -228,15 +235,12 @@ async def resolve_grant(
             before_lookup()
         grant = await run_db(find_key_grant, key_hash=key_hash)
         payload = json.dumps({"epoch": epoch, "grant": grant.to_dict() if grant else None})
-        commands: list[tuple[bytes | str | int | float, ...]] = [
-            ("SET", _GRANT_KEY + key_hash, payload, "EX", settings.API_KEY_CACHE_SECONDS)
-        ]
-        if grant is not None:
-            commands.append(
-                ("SET", throttling.KNOWN_KEY_PREFIX + key_hash, b"1", "EX", throttling.KNOWN_KEY_DAYS * 86400)
-            )
         try:
-            await client.execute_many(commands)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(_GRANT_KEY + key_hash, payload, ex=settings.API_KEY_CACHE_SECONDS)
+                if grant is not None:
+                    pipe.set(throttling.KNOWN_KEY_PREFIX + key_hash, b"1", ex=throttling.KNOWN_KEY_DAYS * 86400)
+                await pipe.execute()
         except Exception:
             logger.warning("could not cache a key grant in Redis", exc_info=True)
     if grant is not None:
@@ -248,7 +252,7 @@ async def resolve_grant(
     return grant, None
 
 
-async def _note_use(client: FastRedis, grant: KeyGrant) -> None:
+async def _note_use(client: aioredis.Redis, grant: KeyGrant) -> None:
     if _local_cache.should_touch(grant.key_id):
         # Once a minute per process at most, and the NX key makes it once a minute across processes.
         try:
@@ -277,11 +281,17 @@ class ApiKeyAuthentication(BaseAuthentication):
     cache vouches for, it runs the view's throttles (apikeys.throttling.InvalidKeyThrottle).
     """
 
+    missing_key_message = _MISSING_KEY_MESSAGE
+
+    def presented_authorization(self, request: Request) -> str | None:
+        """The credential as `Bearer <key>`; a surface whose clients send it elsewhere overrides this."""
+        return request.META.get("HTTP_AUTHORIZATION")
+
     async def authenticate_async(
         self, request: Request, *, allow_unconfirmed: bool = False
     ) -> tuple[ApiUser, ApiCaller]:
         """`allow_unconfirmed`: the view reserves quota, which confirms a remembered grant's epoch."""
-        presented = _presented_key(request.META.get("HTTP_AUTHORIZATION"))
+        presented = _presented_key(self.presented_authorization(request), self.missing_key_message)
         view = request.parser_context.get("view")
 
         def before_lookup() -> None:

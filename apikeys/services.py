@@ -1,4 +1,4 @@
-"""Developer keys: issue (shown once), revoke, and resolve a presented key to what it may do."""
+"""Developer keys: issue (shown once), rename, revoke, and resolve a presented key to what it may do."""
 
 from __future__ import annotations
 
@@ -64,6 +64,12 @@ def create_api_key(*, user: User, name: str, expires_at: dt.datetime | None = No
     )
     transaction.on_commit(lambda: mark_key_known(key.key_hash))
     return IssuedKey(key=key, plaintext=plaintext)
+
+
+def rename_api_key(*, key: DeveloperKey, name: str) -> None:
+    """A key's name is only a label for its owner: the grant does not carry it, so no epoch bump."""
+    DeveloperKey.objects.filter(pk=key.pk).update(name=name.strip() or key.name)
+    key.refresh_from_db(fields=["name"])
 
 
 def revoke_api_key(*, key: DeveloperKey) -> None:

@@ -78,13 +78,6 @@ def blocked_seconds(address: str) -> int | None:
     return math.ceil(remaining)
 
 
-async def ensure_address_allowed(address: str) -> None:
-    """Raise TooManyInvalidKeys while `address` is blocked; otherwise return at once (no I/O)."""
-    wait = blocked_seconds(address)
-    if wait is not None:
-        raise TooManyInvalidKeys(wait=wait)
-
-
 async def note_invalid_key(address: str) -> None:
     """Count one invalid key from `address`; past the limit the address is blocked until the window ends."""
     bucket = address_bucket(address)

@@ -1,4 +1,4 @@
-"""The API Keys settings page."""
+"""The API Keys settings pages."""
 
 from django.urls import path
 
@@ -7,5 +7,7 @@ from apikeys import views
 urlpatterns = [
     path("settings/api-keys/", views.ApiKeyListView.as_view(), name="apikey-list"),
     path("settings/api-keys/new/", views.ApiKeyCreateView.as_view(), name="apikey-create"),
+    path("settings/api-keys/<int:key_id>/", views.ApiKeyDetailView.as_view(), name="apikey-detail"),
+    path("settings/api-keys/<int:key_id>/rename/", views.ApiKeyRenameView.as_view(), name="apikey-rename"),
     path("settings/api-keys/<int:key_id>/revoke/", views.ApiKeyRevokeView.as_view(), name="apikey-revoke"),
 ]

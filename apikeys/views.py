@@ -1,4 +1,9 @@
-"""The API Keys settings page: list, create (the full key is shown once, in the POST response), revoke."""
+"""The API Keys settings pages: list, create (the full key is shown once, in the POST response), a key's
+own page (rename, usage), revoke.
+
+The pages show each key's usage from the billing ledger: a page composing a lower app's keys with a
+higher app's figures is the one place apikeys reads billing (see docs/decisions.md, "keys").
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,34 @@ from django.views import View
 from django.views.decorators.debug import sensitive_variables
 
 from apikeys import selectors, services
-from apikeys.forms import ApiKeyCreateForm
+from apikeys.forms import ApiKeyCreateForm, ApiKeyRenameForm
 from apikeys.models import DeveloperKey
+from apikeys.snippets import openai_base_url, setup_snippets
+from billing.selectors import KeyUsage, key_usage
+
+
+def _origin(request: HttpRequest) -> str:
+    """This server as the browser reached it (proxy headers as settings allow), for ready-to-paste setups."""
+    return f"{request.scheme}://{request.get_host()}"
 
 
 def _list_page(request: HttpRequest, *, form: ApiKeyCreateForm | None = None, status: int = 200) -> HttpResponse:
-    context = {"keys": selectors.keys_of(user=request.user), "form": form or ApiKeyCreateForm()}
+    keys = list(selectors.keys_of(user=request.user))
+    usage = key_usage(key_ids=[key.pk for key in keys])
+    context = {
+        "rows": [(key, usage.get(key.pk, KeyUsage())) for key in keys],
+        "form": form or ApiKeyCreateForm(),
+        "base_url": openai_base_url(_origin(request)),
+        "snippets": setup_snippets(origin=_origin(request)),
+    }
     return render(request, "apikeys/key_list.html", context, status=status)
+
+
+def _owned_key(request: HttpRequest, key_id: int) -> DeveloperKey:
+    key = selectors.find_key_of(user=request.user, key_id=key_id)
+    if key is None:
+        raise Http404("No such key.")
+    return key
 
 
 class ApiKeyListView(LoginRequiredMixin, View):
@@ -29,34 +55,66 @@ class ApiKeyCreateView(LoginRequiredMixin, View):
     def get(self, request: HttpRequest) -> HttpResponse:
         return redirect("apikey-list")
 
-    @sensitive_variables("issued", "response")
+    @sensitive_variables("issued", "response", "context")
     def post(self, request: HttpRequest) -> HttpResponse:
         form = ApiKeyCreateForm(request.POST)
         if not form.is_valid():
             return _list_page(request, form=form, status=400)
-        issued = services.create_api_key(user=request.user, name=form.cleaned_data["name"])
+        issued = services.create_api_key(
+            user=request.user, name=form.cleaned_data["name"], expires_at=form.expires_at()
+        )
         # The plaintext goes into this response only: no redirect (it would need storing), and no
         # cache may keep the page.
-        response = render(request, "apikeys/key_created.html", {"issued": issued})
+        context = {
+            "issued": issued,
+            "base_url": openai_base_url(_origin(request)),
+            "snippets": setup_snippets(origin=_origin(request), key=issued.plaintext),
+        }
+        response = render(request, "apikeys/key_created.html", context)
         add_never_cache_headers(response)
         patch_cache_control(response, no_store=True)
         return response
 
 
+def _detail_page(
+    request: HttpRequest, key: DeveloperKey, *, rename_form: ApiKeyRenameForm | None = None, status: int = 200
+) -> HttpResponse:
+    context = {
+        "key": key,
+        "usage": key_usage(key_ids=[key.pk]).get(key.pk, KeyUsage()),
+        "rename_form": rename_form or ApiKeyRenameForm(initial={"name": key.name}),
+    }
+    return render(request, "apikeys/key_detail.html", context, status=status)
+
+
+class ApiKeyDetailView(LoginRequiredMixin, View):
+    def get(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        return _detail_page(request, _owned_key(request, key_id))
+
+
+class ApiKeyRenameView(LoginRequiredMixin, View):
+    def get(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        return redirect("apikey-detail", key_id=key_id)
+
+    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        key = _owned_key(request, key_id)
+        form = ApiKeyRenameForm(request.POST)
+        if not form.is_valid():
+            return _detail_page(request, key, rename_form=form, status=400)
+        old_name = key.name
+        services.rename_api_key(key=key, name=form.cleaned_data["name"])
+        messages.success(request, f"Renamed “{old_name}” to “{key.name}”.")
+        return redirect("apikey-detail", key_id=key.pk)
+
+
 class ApiKeyRevokeView(LoginRequiredMixin, View):
     """GET asks for confirmation; POST revokes (idempotent)."""
 
-    def key(self, request: HttpRequest, key_id: int) -> DeveloperKey:
-        key = selectors.find_key_of(user=request.user, key_id=key_id)
-        if key is None:
-            raise Http404("No such key.")
-        return key
-
     def get(self, request: HttpRequest, key_id: int) -> HttpResponse:
-        return render(request, "apikeys/key_revoke_confirm.html", {"key": self.key(request, key_id)})
+        return render(request, "apikeys/key_revoke_confirm.html", {"key": _owned_key(request, key_id)})
 
     def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
-        key = self.key(request, key_id)
+        key = _owned_key(request, key_id)
         services.revoke_api_key(key=key)
         messages.success(request, f"Revoked “{key.name}” ({key.masked}). Requests with it now fail.")
         return redirect("apikey-list")

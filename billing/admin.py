@@ -1,23 +1,33 @@
-"""Staff admin: the ledger and roll-ups read-only (with CSV export of a filtered list), and each
-workspace's usage today against its limits."""
+"""Staff admin for billing: the ledger, the daily counts (by member, and by key and model) and the refusal
+record, read-only, with names instead of ids, totals of the filtered rows, a billing-day filter and CSV;
+and each workspace's usage today against its limits.
+
+The auditor's question ("which key of which user in which workspace spent how many messages on which
+model yesterday, and was any request refused?") is: Daily counts by key and model → Yesterday. Each
+row shows the refusals of its key that day beside its usage, linked to them.
+"""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import datetime as dt
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, IntegerField, Model, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseBase, StreamingHttpResponse
-from django.urls import URLPattern, path
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.models import AppSumoLicence, Membership
+from accounts.models import AppSumoLicence, Membership, User, Workspace
+from apikeys import keys
+from apikeys.models import DeveloperKey
 from billing import selectors
-from billing.models import DailyMessageCount, UsageEvent, WorkspaceUsage
+from billing.models import DailyKeyModelCount, DailyMessageCount, Refusal, UsageEvent, WorkspaceUsage
 from billing.quotas import MEMBER_DAILY_LIMIT, billing_day
 
 CSV_COLUMNS = (
@@ -25,9 +35,10 @@ CSV_COLUMNS = (
     "day",
     "request_id",
     "kind",
-    "workspace_id",
-    "user_id",
-    "key_id",
+    "workspace",
+    "user",
+    "key_name",
+    "key_prefix",
     "model",
     "endpoint",
     "status",
@@ -39,11 +50,17 @@ CSV_COLUMNS = (
     "tokens_estimated",
     "generation_id",
     "latency_ms",
+    "workspace_id",
+    "user_id",
+    "key_id",
 )
+_CSV_FIELDS = tuple(
+    c for c in CSV_COLUMNS if c not in ("workspace", "user", "key_name", "key_prefix")
+)  # read from the ledger; names are looked up per chunk
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The ledger is append-only and roll-ups are recomputed: staff look, never edit."""
+    """The ledger is append-only, roll-ups are recomputed and refusals are counted: staff look, never edit."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -55,58 +72,181 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class BillingDayFilter(admin.SimpleListFilter):
+    """By billing day (the ledger's `day`, in BILLING_DAY_TIMEZONE), not by when a row was written."""
+
+    title = "billing day"
+    parameter_name = "billing_day"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("today", "Today"), ("yesterday", "Yesterday"), ("7", "Last 7 days"), ("30", "Last 30 days")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        today = billing_day()
+        match self.value():
+            case "today":
+                return queryset.filter(day=today)
+            case "yesterday":
+                return queryset.filter(day=today - dt.timedelta(days=1))
+            case "7" | "30":
+                return queryset.filter(day__gt=today - dt.timedelta(days=int(self.value())))
+        return queryset
+
+
+def key_label(key: DeveloperKey | None) -> str:
+    return "—" if key is None else f"{key.name} ({key.masked})"
+
+
+class NamesAndTotals(ReadOnlyAdmin):
+    """Lists that show names (user email, workspace name, key name and prefix) and totals of the filtered rows.
+
+    The workspace, user and key of each row come with `prefetch_related`: three queries per page
+    whatever its length, and a row whose user or key is gone still shows (an INNER JOIN through
+    `select_related` would hide it, and these foreign keys have no database constraint).
+    """
+
+    change_list_template = "admin/billing/change_list_totals.html"
+    related_names: tuple[str, ...] = ("workspace", "user", "key")
+    totals: tuple[tuple[str, str], ...] = ()  # (label, aggregate expression's field)
+    list_per_page = 50
+    show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related(*self.related_names)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        term = search_term.strip()
+        if term.startswith(keys.KEY_PREFIX) and len(term) > keys.VISIBLE_PREFIX_LENGTH:
+            # A key as the user's page masks it (wmk_abc123…wxyz): search by its visible prefix.
+            search_term = term[: keys.VISIBLE_PREFIX_LENGTH]
+        return super().get_search_results(request, queryset, search_term)
+
+    def total_figures(self, queryset: QuerySet) -> list[tuple[str, int]]:
+        zero = Value(0)
+        figures = queryset.order_by().aggregate(
+            **{f"total_{field}": Coalesce(Sum(field), zero) for _label, field in self.totals if field != "rows"},
+            total_rows=Count("pk"),
+        )
+        return [(label, figures[f"total_{field}"]) for label, field in self.totals]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponseBase:
+        response = super().changelist_view(request, extra_context)
+        if isinstance(response, TemplateResponse) and "cl" in (response.context_data or {}):
+            response.context_data["totals"] = self.total_figures(response.context_data["cl"].queryset)
+        return response
+
+    @admin.display(description="workspace", ordering="workspace_id")
+    def workspace_name(self, obj: Model) -> str:
+        return obj.workspace.name if obj.workspace is not None else "—"
+
+    @admin.display(description="user", ordering="user_id")
+    def user_email(self, obj: Model) -> str:
+        return obj.user.email if obj.user is not None else "—"
+
+    @admin.display(description="key", ordering="key_id")
+    def key_name(self, obj: Model) -> str:
+        return key_label(obj.key)
+
+
+def _refusals_link(count: int | None, **filters: object) -> str:
+    if not count:
+        return "0"
+    query = "&".join(f"{name}={value}" for name, value in filters.items())
+    return format_html('<a href="{}?{}">{}</a>', reverse("admin:billing_refusal_changelist"), query, count)
+
+
+# ---- the ledger --------------------------------------------------------------------------------
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
 
 
+def _names(model: type[Model], ids: Iterable[int | None], *fields: str) -> dict[int, tuple]:
+    return {row[0]: row[1:] for row in model.objects.filter(pk__in={i for i in ids if i}).values_list("pk", *fields)}
+
+
 def _csv_rows(queryset: QuerySet[UsageEvent]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
-    for row in queryset.values_list(*CSV_COLUMNS).iterator(chunk_size=2000):
-        yield writer.writerow(row)
+    position = {name: index for index, name in enumerate(_CSV_FIELDS)}
+    chunk: list[tuple] = []
+
+    def flush() -> Iterator[str]:
+        workspaces = _names(Workspace, (r[position["workspace_id"]] for r in chunk), "name")
+        users = _names(User, (r[position["user_id"]] for r in chunk), "email")
+        developer_keys = _names(DeveloperKey, (r[position["key_id"]] for r in chunk), "name", "prefix")
+        for row in chunk:
+            values = dict(zip(_CSV_FIELDS, row, strict=True))
+            name, prefix = developer_keys.get(values["key_id"], ("", ""))
+            values |= {
+                "workspace": workspaces.get(values["workspace_id"], ("",))[0],
+                "user": users.get(values["user_id"], ("",))[0],
+                "key_name": name,
+                "key_prefix": prefix,
+            }
+            yield writer.writerow([values[column] for column in CSV_COLUMNS])
+        chunk.clear()
+
+    for row in queryset.values_list(*_CSV_FIELDS).iterator(chunk_size=2000):
+        chunk.append(row)
+        if len(chunk) == 2000:
+            yield from flush()
+    yield from flush()
 
 
 def csv_response(queryset: QuerySet[UsageEvent], *, filename: str = "usage-events.csv") -> StreamingHttpResponse:
-    response = StreamingHttpResponse(_csv_rows(queryset.order_by("created_at", "id")), content_type="text/csv")
+    plain = queryset.order_by("created_at", "id").select_related(None).prefetch_related(None)
+    response = StreamingHttpResponse(_csv_rows(plain), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(ReadOnlyAdmin):
+class UsageEventAdmin(NamesAndTotals):
+    change_list_template = "admin/billing/usageevent/change_list.html"
     list_display = (
         "created_at",
-        "request_id",
-        "kind",
-        "workspace_id",
-        "user_id",
-        "key_id",
+        "workspace_name",
+        "user_email",
+        "key_name",
         "model",
-        "endpoint",
         "status",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
         "counted_messages",
+        "tokens",
         "byok",
-        "tokens_estimated",
     )
+    list_display_links = ("created_at",)
     list_filter = (
+        BillingDayFilter,
         ("workspace", admin.RelatedOnlyFieldListFilter),
-        ("user", admin.RelatedOnlyFieldListFilter),
         ("key", admin.RelatedOnlyFieldListFilter),
+        "status",
         "model",
         "endpoint",
-        "status",
         "byok",
         "kind",
         "tokens_estimated",
     )
-    date_hierarchy = "created_at"
-    search_fields = ("=request_id", "=generation_id", "model")
-    show_full_result_count = False
+    date_hierarchy = "day"
+    search_fields = (
+        "=request_id",
+        "=generation_id",
+        "model",
+        "user__email",
+        "workspace__name",
+        "key__name",
+        "=key__prefix",
+    )
+    search_help_text = "Request or generation id, model, user email, workspace name, key name or prefix (wmk_…)."
+    totals = (("Lines", "rows"), ("Messages", "counted_messages"), ("Input tokens", "prompt_tokens"))
+    totals += (("Output tokens", "completion_tokens"),)
     actions = ("export_selected_csv",)
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: UsageEvent) -> str:
+        return f"{obj.prompt_tokens} / {obj.completion_tokens}"
 
     def get_urls(self) -> list[URLPattern]:
         export = path(
@@ -129,23 +269,158 @@ class UsageEventAdmin(ReadOnlyAdmin):
         return csv_response(queryset)
 
 
+# ---- daily counts ------------------------------------------------------------------------------
+
+_COUNT_TOTALS = (
+    ("Rows", "rows"),
+    ("Messages", "count"),
+    ("BYOK messages", "byok_count"),
+    ("Requests", "requests"),
+    ("Input tokens", "input_tokens"),
+    ("Output tokens", "output_tokens"),
+)
+
+
+def _refused_subquery(**match: str) -> Subquery:
+    refusals = (
+        Refusal.objects.filter(day=OuterRef("day"), **{field: OuterRef(outer) for field, outer in match.items()})
+        .order_by()
+        .values("day")
+        .annotate(total=Sum("count"))
+        .values("total")
+    )
+    return Subquery(refusals, output_field=IntegerField())
+
+
 @admin.register(DailyMessageCount)
-class DailyMessageCountAdmin(ReadOnlyAdmin):
+class DailyMessageCountAdmin(NamesAndTotals):
+    related_names = ("workspace", "user")
     list_display = (
         "day",
-        "workspace_id",
-        "user_id",
+        "workspace_name",
+        "user_email",
         "count",
         "byok_count",
-        "input_tokens",
-        "output_tokens",
-        "cached_tokens",
         "requests",
+        "tokens",
+        "refused",
         "updated_at",
     )
-    list_filter = (("workspace", admin.RelatedOnlyFieldListFilter),)
+    list_display_links = ("day",)
+    list_filter = (BillingDayFilter, ("workspace", admin.RelatedOnlyFieldListFilter))
     date_hierarchy = "day"
-    search_fields = ("=workspace__id", "=user__email")
+    search_fields = ("user__email", "workspace__name", "=workspace__id")
+    search_help_text = "User email or workspace name."
+    totals = (*_COUNT_TOTALS, ("Refused", "refused_requests"))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DailyMessageCount]:
+        refused = _refused_subquery(workspace_id="workspace_id", user_id="user_id")
+        return super().get_queryset(request).annotate(refused_requests=refused)
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: DailyMessageCount) -> str:
+        return f"{obj.input_tokens} / {obj.output_tokens}"
+
+    @admin.display(description="refused", ordering="refused_requests")
+    def refused(self, obj: DailyMessageCount) -> str:
+        return _refusals_link(
+            obj.refused_requests, workspace__id__exact=obj.workspace_id, user__id__exact=obj.user_id, day=obj.day
+        )
+
+
+@admin.register(DailyKeyModelCount)
+class DailyKeyModelCountAdmin(NamesAndTotals):
+    list_display = (
+        "day",
+        "workspace_name",
+        "user_email",
+        "key_name",
+        "model",
+        "count",
+        "requests",
+        "failed_requests",
+        "tokens",
+        "refused",
+    )
+    list_display_links = ("day",)
+    list_filter = (
+        BillingDayFilter,
+        ("workspace", admin.RelatedOnlyFieldListFilter),
+        ("key", admin.RelatedOnlyFieldListFilter),
+        "model",
+    )
+    date_hierarchy = "day"
+    search_fields = ("user__email", "workspace__name", "key__name", "=key__prefix", "model")
+    search_help_text = "User email, workspace name, key name or prefix (wmk_…), or model."
+    totals = (*_COUNT_TOTALS, ("Failed", "failed_requests"), ("Refused (their keys)", "refused_requests"))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DailyKeyModelCount]:
+        return super().get_queryset(request).annotate(refused_requests=_refused_subquery(key_id="key_id"))
+
+    def total_figures(self, queryset: QuerySet) -> list[tuple[str, int]]:
+        figures = super().total_figures(queryset)
+        # A key's refusals repeat on each of its model rows: count each key and day once.
+        pairs = set(queryset.order_by().values_list("key_id", "day").distinct())
+        keys_, days = {k for k, _d in pairs if k}, {d for _k, d in pairs}
+        refused = sum(
+            count
+            for key_id, day, count in Refusal.objects.filter(key_id__in=keys_, day__in=days)
+            .order_by()
+            .values_list("key_id", "day")
+            .annotate(total=Sum("count"))
+            if (key_id, day) in pairs
+        )
+        return [(label, refused if label.startswith("Refused") else value) for label, value in figures]
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: DailyKeyModelCount) -> str:
+        return f"{obj.input_tokens} / {obj.output_tokens}"
+
+    @admin.display(description="refused (key, day)", ordering="refused_requests")
+    def refused(self, obj: DailyKeyModelCount) -> str:
+        if obj.key_id is None:
+            return "—"
+        return _refusals_link(obj.refused_requests, key__id__exact=obj.key_id, day=obj.day)
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+
+
+@admin.register(Refusal)
+class RefusalAdmin(NamesAndTotals):
+    list_display = (
+        "minute",
+        "status",
+        "code",
+        "key_shown",
+        "user_email",
+        "workspace_name",
+        "model",
+        "address",
+        "count",
+    )
+    list_display_links = ("minute",)
+    list_filter = (
+        BillingDayFilter,
+        "status",
+        "code",
+        "endpoint",
+        ("workspace", admin.RelatedOnlyFieldListFilter),
+        ("key", admin.RelatedOnlyFieldListFilter),
+    )
+    date_hierarchy = "day"
+    search_fields = ("user__email", "workspace__name", "key__name", "=key_prefix", "=address", "model", "code")
+    search_help_text = "User email, workspace name, key name or prefix (wmk_…), address, model or error code."
+    totals = (("Rows", "rows"), ("Refused requests", "count"))
+
+    @admin.display(description="key", ordering="key_prefix")
+    def key_shown(self, obj: Refusal) -> str:
+        if obj.key is not None:
+            return key_label(obj.key)
+        return f"{obj.key_prefix}… (unknown)" if obj.key_prefix else "—"
+
+
+# ---- workspaces today --------------------------------------------------------------------------
 
 
 def _licence_figure(field: str) -> Subquery:

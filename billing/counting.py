@@ -14,9 +14,7 @@ from fractions import Fraction
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CLIENT_DISCONNECTED = "client_disconnected"
+from billing.models import UsageEvent
 
 
 def _cached_discount_rate() -> Fraction:
@@ -42,7 +40,7 @@ def count_messages(*, prompt_tokens: int, completion_tokens: int, cached_tokens:
     if tokens_per_message <= 0:
         raise ImproperlyConfigured("BILLING_TOKENS_PER_MESSAGE must be positive")
     prompt, completion, cached = max(0, prompt_tokens), max(0, completion_tokens), max(0, cached_tokens)
-    if status != SUCCEEDED and completion == 0:
+    if status != UsageEvent.Status.SUCCEEDED and completion == 0:
         return 0
     cached_discount = math.floor(cached * _cached_discount_rate())
     effective_input = max(0, prompt - cached_discount)

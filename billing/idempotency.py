@@ -168,3 +168,10 @@ async def complete_idempotent(proceed: Proceed, *, status: int, headers: dict[st
 async def abandon_idempotent(proceed: Proceed) -> None:
     """Forget the key: the request failed before a response worth replaying (e.g. 429, 5xx)."""
     await run_db(release_idempotency_key, record_id=proceed.record_id)
+
+
+def purge_expired_idempotent_requests() -> int:
+    """Forget Idempotency-Keys older than IDEMPOTENCY_KEY_TTL_SECONDS."""
+    cutoff = timezone.now() - dt.timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_SECONDS)
+    deleted, _ = IdempotentRequest.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -87,6 +87,40 @@ class DailyMessageCount(models.Model):
         return f"{self.day} workspace {self.workspace_id} user {self.user_id}: {self.count}"
 
 
+class DailyKeyModelCount(models.Model):
+    """Per workspace × user × key × model × billing day: the auditor's breakdown, from the same roll-up."""
+
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    model = models.CharField(max_length=200)
+    day = models.DateField()
+    count = models.IntegerField(default=0, help_text="Messages counted against the plan (BYOK excluded).")
+    byok_count = models.IntegerField(default=0, help_text="Messages of BYOK requests, recorded but not limited.")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    requests = models.IntegerField(default=0)
+    failed_requests = models.IntegerField(default=0, help_text="Requests that failed upstream or were abandoned.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "daily_key_model_count"
+        verbose_name = "daily count by key and model"
+        verbose_name_plural = "daily counts by key and model"
+        ordering = ["-day", "workspace_id", "user_id", "key_id", "model"]
+        indexes = [models.Index(fields=["day", "workspace"]), models.Index(fields=["day", "key"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} key {self.key_id or '-'} {self.model}: {self.count}"
+
+
 class QuotaReservation(models.Model):
     """One in-flight message held by a request while Redis is unavailable (the database quota path).
 
@@ -142,3 +176,49 @@ class WorkspaceUsage(Workspace):
         proxy = True
         verbose_name = "workspace usage"
         verbose_name_plural = "workspace usage"
+
+
+class Refusal(models.Model):
+    """Requests refused on /v1 (401, 403, 404, 429, 400, 503...), counted per minute per who and why.
+
+    One row per minute per (status, code, endpoint, key or address, workspace, model): a flood of bad
+    keys from one address is one row a minute with a large `count`, not a row per request. Written in
+    batches off the response path by billing.refusals; never edited by staff.
+    """
+
+    minute = models.DateTimeField(help_text="The start of the minute (UTC) these refusals fell in.")
+    day = models.DateField(help_text="The billing day (BILLING_DAY_TIMEZONE).")
+    status = models.PositiveSmallIntegerField()
+    code = models.CharField(max_length=64, blank=True)
+    endpoint = models.CharField(max_length=40, blank=True)
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key_prefix = models.CharField(
+        max_length=16, blank=True, help_text="The visible prefix of the key presented (wmk_…), known or not."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    workspace = models.ForeignKey(
+        "accounts.Workspace", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    address = models.CharField(max_length=64, blank=True, help_text="The client's address (IPv6 per /64).")
+    message = models.CharField(max_length=300, blank=True, help_text="The first refusal's error message.")
+    count = models.IntegerField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    group = models.CharField(max_length=64, help_text="A hash of the row's identity within its minute.")
+
+    class Meta:
+        ordering = ["-minute", "-id"]
+        constraints = [models.UniqueConstraint(fields=["minute", "group"], name="one_refusal_row_per_minute_group")]
+        indexes = [
+            models.Index(fields=["day", "workspace"]),
+            models.Index(fields=["day", "key"]),
+            models.Index(fields=["day", "status", "code"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.status} {self.code or '-'} ×{self.count}"

@@ -10,6 +10,7 @@ durable. Nothing here raises to the gateway: failures are retried and logged.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import weakref
@@ -18,18 +19,17 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 
-from billing.models import UsageEvent
-from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
-from billing.services import (
+from billing.ledger import (
     LedgerEntry,
     UsageRecord,
     count_for,
     spool_ledger_entries,
     write_ledger_entries_isolating,
 )
+from billing.models import UsageEvent
+from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
+from billing.rollups import rollup_daily_message_counts
 from writingmate.db import run_db
-
-__all__ = ["UsageRecord", "count_for", "finish_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class _GroupCommitter:
         try:
             if await _write_with_retries(entries, released):
                 await settle_counters([_counter_settle(p) for p in batch])
+                _rollups().mark({(e.day, e.usage.workspace_id) for e in entries})
         except Exception:
             logger.exception("ledger: unexpected failure committing %d usage events", len(batch))
             for entry in entries:
@@ -130,6 +131,58 @@ def _counter_settle(pending: _Pending) -> CounterSettle:
         messages=0 if usage.byok else pending.entry.counted_messages,
         counters=() if reservation.byok and usage.byok else reservation.counters,
     )
+
+
+class _RollupsAfterWrites:
+    """Keeps daily_message_count current without Celery beat (BILLING_ROLLUP_AFTER_WRITES_SECONDS > 0).
+
+    The (day, workspace) pairs that ledger batches touched are rolled up at most once per interval,
+    on a database thread after the batch's callers have their answer, so no request waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.dirty: set[tuple[dt.date, int]] = set()
+        self.task: asyncio.Task | None = None
+        self.last_run = 0.0
+
+    def mark(self, touched: set[tuple[dt.date, int]]) -> None:
+        if settings.BILLING_ROLLUP_AFTER_WRITES_SECONDS <= 0:
+            return
+        self.dirty |= touched
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self.dirty:
+                wait = self.last_run + settings.BILLING_ROLLUP_AFTER_WRITES_SECONDS - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                touched, self.dirty = self.dirty, set()
+                self.last_run = time.monotonic()
+                try:
+                    await run_db(_roll_up, touched)
+                except Exception:
+                    logger.warning("roll-up after ledger writes failed; the next one retries", exc_info=True)
+                    self.dirty |= touched
+        finally:
+            self.task = None
+
+
+def _roll_up(touched: set[tuple[dt.date, int]]) -> None:
+    for day in {day for day, _ in touched}:
+        rollup_daily_message_counts(days=[day], workspace_ids={w for d, w in touched if d == day})
+
+
+_after_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RollupsAfterWrites] = weakref.WeakKeyDictionary()
+
+
+def _rollups() -> _RollupsAfterWrites:
+    loop = asyncio.get_running_loop()
+    scheduler = _after_writes.get(loop)
+    if scheduler is None:
+        scheduler = _after_writes[loop] = _RollupsAfterWrites()
+    return scheduler
 
 
 _committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommitter] = weakref.WeakKeyDictionary()

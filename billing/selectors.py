@@ -213,3 +213,32 @@ def member_usage_today(*, workspace_id: int) -> list[tuple[str, int, int]]:
     }
     members = Membership.objects.filter(workspace_id=workspace_id).select_related("user").order_by("id")
     return [(m.user.email, *used.get(m.user_id, (0, 0))) for m in members]
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """A developer key's ledger figures; messages are those counted against limits (BYOK excluded)."""
+
+    requests_today: int = 0
+    messages_today: int = 0
+    requests_month: int = 0
+    messages_month: int = 0
+
+
+def key_usage(*, key_ids: list[int], today: dt.date | None = None) -> dict[int, KeyUsage]:
+    """{key id: usage today and this billing month} from the ledger, in one query; keys unused are absent."""
+    today = today or billing_day()
+    is_request = Q(kind=UsageEvent.Kind.REQUEST)
+    counted = Q(byok=False)
+    rows = (
+        UsageEvent.objects.filter(key_id__in=key_ids, day__gte=today.replace(day=1), day__lte=today)
+        .order_by()
+        .values("key_id")
+        .annotate(
+            requests_today=Count("id", filter=is_request & Q(day=today)),
+            messages_today=Coalesce(Sum("counted_messages", filter=counted & Q(day=today)), Value(0)),
+            requests_month=Count("id", filter=is_request),
+            messages_month=Coalesce(Sum("counted_messages", filter=counted), Value(0)),
+        )
+    )
+    return {row.pop("key_id"): KeyUsage(**row) for row in rows}

@@ -29,22 +29,41 @@ from django.template.response import SimpleTemplateResponse
 from django.urls import Resolver404, resolve
 from django.urls.resolvers import RoutePattern
 
+from billing.refusals import flush_refusals
 from gateway import metrics
+from gateway.core.refusals import note_refused, note_refused_before_request
 from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
+from gateway.surfaces.anthropic import errors as anthropic_errors
+from gateway.surfaces.anthropic.urls import PREFIX as ANTHROPIC_PREFIX
+from gateway.surfaces.anthropic.urls import api_patterns as anthropic_patterns
 from gateway.surfaces.openai.urls import api_patterns
 from writingmate.logs import bind_request_id, log_access, unbind_request_id
 from writingmate.redis_connection import close_async_redis
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/openai/v1/", "/v1/")
+API_PREFIXES = ("/api/openai/v1/", "/v1/", ANTHROPIC_PREFIX)
+# Each surface's fixed routes, by prefix: /v1 (OpenAI's API) twice, Anthropic's Messages API once.
+_SURFACE_PATTERNS = {"/api/openai/v1/": api_patterns, "/v1/": api_patterns, ANTHROPIC_PREFIX: anthropic_patterns}
 _BODY_SPOOL_BYTES = 1024 * 1024
 
 
 def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path in ("/api/openai/v1", "/v1")
+    return path.startswith(API_PREFIXES) or path in ("/api/openai/v1", "/v1") or _is_anthropic_path(path)
+
+
+def _is_anthropic_path(path: str) -> bool:
+    # The whole /api/anthropic tree, so Claude Code's probe of its base URL gets an Anthropic-shaped 404.
+    return path == "/api/anthropic" or path.startswith("/api/anthropic/")
+
+
+def render_error(path: str, error: ApiError, *, request_id: str) -> HttpResponseBase:
+    """`error` in the shape of the surface `path` belongs to: Anthropic's under /api/anthropic/, else OpenAI's."""
+    if _is_anthropic_path(path):
+        return anthropic_errors.error_response(error, request_id=request_id)
+    return error_response(error, extra_headers={"x-request-id": request_id})
 
 
 def _new_request_id_source() -> None:
@@ -85,8 +104,8 @@ class ApiHandler(ASGIHandler):
         if self._exact_routes is None:
             self._exact_routes = {
                 prefix + str(pattern.pattern): pattern.callback
-                for prefix in API_PREFIXES
-                for pattern in api_patterns
+                for prefix, patterns in _SURFACE_PATTERNS.items()
+                for pattern in patterns
                 if isinstance(pattern.pattern, RoutePattern) and not pattern.pattern.converters
             }
         return self._exact_routes.get(path)
@@ -103,18 +122,17 @@ class ApiHandler(ASGIHandler):
                 response.render()  # a DRF Response: JSON, rendered here rather than on a thread
             return response
         except (Http404, Resolver404):
-            return error_response(
-                ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
-            )
+            unknown = ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
+            note_refused(request, unknown)
+            return render_error(request.path, unknown, request_id=request.request_id)
         except Exception:
             logger.exception("unhandled error on %s %s (%s)", request.method, request.path, request.request_id)
-            return error_response(
-                ApiError(
-                    f"The server had an error while processing your request. Request id: {request.request_id}.",
-                    status=500,
-                    error_type="server_error",
-                )
+            failed = ApiError(
+                f"The server had an error while processing your request. Request id: {request.request_id}.",
+                status=500,
+                error_type="server_error",
             )
+            return render_error(request.path, failed, request_id=request.request_id)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         await self.handle(scope, receive, send)
@@ -160,7 +178,8 @@ class ApiHandler(ASGIHandler):
                 status=431,
                 code="request_headers_too_large",
             )
-            await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            note_refused_before_request(scope, too_large)
+            await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
         limit = (
@@ -176,15 +195,14 @@ class ApiHandler(ASGIHandler):
             too_large = ApiError(
                 f"Request body too large: the limit is {limit} bytes.", status=413, code="request_too_large"
             )
-            await self.send_response(error_response(too_large, extra_headers={"x-request-id": request_id}), send)
+            note_refused_before_request(scope, too_large)
+            await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
         request, _ = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
-            await self.send_response(
-                error_response(invalid_http_request(), extra_headers={"x-request-id": request_id}), send
-            )
+            await self.send_response(render_error(scope["path"], invalid_http_request(), request_id=request_id), send)
             log_access(scope, status=400, duration_seconds=time.monotonic() - started)
             return
         # The whole body is read (within its cap): its real length lets DRF's parsers read a chunked one.
@@ -312,6 +330,7 @@ class ApiApplication:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await flush_refusals()  # the last seconds of refusals counted in this process
                 await close_upstream_session()
                 await close_async_redis()
                 metrics.mark_process_dead()  # with PROMETHEUS_MULTIPROC_DIR, its open streams leave the sum

@@ -100,31 +100,41 @@ def method_not_allowed(method: str, path: str, allowed: list[str]) -> ApiError:
     )
 
 
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
-    """REST_FRAMEWORK's EXCEPTION_HANDLER for /v1: every failure in OpenAI's error shape.
-
-    None (an unexpected exception) lets it propagate to gateway.asgi, which logs it and answers 500.
-    """
+def as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError | None:
+    """`exc` as the ApiError a /v1 client gets, or None for an exception nobody expected (a bug)."""
     view = context.get("view")
     request = context.get("request")
     if isinstance(exc, ApiError):
-        return error_response(exc)
+        return exc
     if isinstance(exc, drf_exceptions.MethodNotAllowed) and request is not None:
         allowed = [method for method in getattr(view, "allowed_methods", []) if method != "OPTIONS"]
-        return error_response(method_not_allowed(request.method, request.path, allowed))
+        return method_not_allowed(request.method, request.path, allowed)
     if isinstance(exc, drf_exceptions.UnsupportedMediaType) and request is not None:
         expected = getattr(view, "expected_content", "application/json")
-        return error_response(unsupported_media_type(request.content_type or "", expected))
+        return unsupported_media_type(request.content_type or "", expected)
     if isinstance(exc, drf_exceptions.APIException):
-        return error_response(from_drf_exception(exc))
+        return from_drf_exception(exc)
     if isinstance(exc, Http404):
-        return error_response(ApiError(str(exc) or "Not found.", status=404, code="not_found"))
+        return ApiError(str(exc) or "Not found.", status=404, code="not_found")
     if isinstance(exc, DatabaseError):
         # Keys or limits cannot be checked: fail closed, with a status the SDKs retry.
         path = getattr(request, "path", "?")
         logger.warning("database unavailable on %s (%s)", path, getattr(request, "request_id", "-"), exc_info=True)
-        return error_response(service_unavailable())
+        return service_unavailable()
     return None
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
+    """REST_FRAMEWORK's EXCEPTION_HANDLER for the gateway's surfaces: every failure as an ApiError,
+    rendered by the view in its surface's shape (OpenAI's by default) and noted in the refusal record.
+
+    None (an unexpected exception) lets it propagate to gateway.asgi, which logs it and answers 500.
+    """
+    error = as_api_error(exc, context)
+    if error is None:
+        return None
+    refuse = getattr(context.get("view"), "refuse", None)
+    return refuse(error, cause=exc) if refuse is not None else error_response(error)
 
 
 def error_response(error: ApiError, *, extra_headers: dict[str, str] | None = None) -> HttpResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -51,3 +52,101 @@ class CatalogueModel(models.Model):
     @property
     def upstream_name(self) -> str:
         return self.upstream_model or self.slug
+
+
+class ModelAlias(models.Model):
+    """Another id for a catalogue model, as Anthropic's clients send it (`claude-sonnet-4-5-20250929`).
+
+    The Anthropic surface resolves a model id that is not a catalogue slug through this table.
+    `fallback` serves workspaces whose plan does not include `target`: a client's default model
+    (Claude Code asks for `claude-opus-5-5` unless told otherwise) still answers on every plan.
+    """
+
+    alias = models.CharField(max_length=200, unique=True, help_text="The id a client sends, e.g. claude-sonnet-4-5.")
+    target = models.ForeignKey(
+        CatalogueModel,
+        on_delete=models.PROTECT,
+        related_name="aliases",
+        limit_choices_to={"kind": CatalogueModel.Kind.CHAT},
+        help_text="The catalogue model this id means.",
+    )
+    fallback = models.ForeignKey(
+        CatalogueModel,
+        on_delete=models.PROTECT,
+        related_name="fallback_aliases",
+        null=True,
+        blank=True,
+        limit_choices_to={"kind": CatalogueModel.Kind.CHAT},
+        help_text="Served instead when the workspace's plan does not include the target (optional).",
+    )
+    note = models.CharField(max_length=200, blank=True, help_text="Why this alias exists (shown to staff only).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["alias"]
+        verbose_name = "model alias"
+        verbose_name_plural = "model aliases"
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.target_id}"
+
+
+class StoredResponse(models.Model):
+    """A Response kept for its workspace (`store: true`), so it can be read, listed and continued.
+
+    Each row is self-contained: `input_items` is the whole input the model saw (a previous
+    response's input and output included), so deleting or purging one response never breaks
+    another. The content is JSON text exactly as sent to the client; staff see only the metadata.
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, editable=False)
+    # No database constraints: a stored response is written on the request path and expires by itself.
+    workspace = models.ForeignKey(
+        "accounts.Workspace", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    # Each index costs every store an update; these two are read only in admin.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    key = models.ForeignKey(
+        "apikeys.DeveloperKey",
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    request_id = models.CharField(max_length=64, help_text="The request that created it, as in the usage ledger.")
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=20)
+    previous_response_id = models.CharField(max_length=64, blank=True)
+    input_items = models.TextField(help_text="JSON array: every input item the model saw, in order.")
+    response = models.TextField(help_text="JSON object: the Response as the client received it.")
+    input_bytes = models.PositiveIntegerField()
+    response_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class StoredResponseItem(models.Model):
+    """Where an item of a stored response lives, so `item_reference` input items can find it by id."""
+
+    workspace_id = models.BigIntegerField()
+    item_id = models.CharField(max_length=128)
+    response = models.ForeignKey(StoredResponse, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    # Index into the response's input items followed by its output items.
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace_id", "item_id"], name="gateway_storeditem_unique_id"),
+        ]
+
+    def __str__(self) -> str:
+        return self.item_id

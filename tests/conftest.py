@@ -98,6 +98,13 @@ def _close_api_db_connections(django_db_blocker) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_rollups_after_writes(settings) -> None:
+    """Roll-ups after ledger writes would run on the live server after a test's end; the tests that
+    want them turn them on."""
+    settings.BILLING_ROLLUP_AFTER_WRITES_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
 def _clean_caches() -> Iterator[None]:
     from tests.support import reset_process_state
 
@@ -164,10 +171,11 @@ def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> Iterator
     yield _uvicorn_server
     # A request's ledger line is written after its response: let it land before the database is
     # flushed, or it would turn up in the next test.
+    from billing.refusals import pending_refusals
     from writingmate.asgi import application
 
     deadline = time.monotonic() + 10
-    while application.api_handler.in_flight and time.monotonic() < deadline:
+    while (application.api_handler.in_flight or pending_refusals()) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

@@ -41,6 +41,12 @@ ABSURD_USAGE: dict[str, Any] = {
     "prompt_tokens_details": {"cached_tokens": 10**16},
     "completion_tokens_details": {"reasoning_tokens": -1},
 }
+DEFAULT_MESSAGES_USAGE: dict[str, Any] = {
+    "input_tokens": 12,
+    "cache_creation_input_tokens": 3,
+    "cache_read_input_tokens": 4,
+    "output_tokens": 7,
+}
 DEFAULT_TOOL_ARGUMENTS = '{"location": "Paris", "unit": "celsius"}'
 FAILURE_KINDS = frozenset(
     {
@@ -63,7 +69,7 @@ FAILURE_KINDS = frozenset(
     }
 )
 # Which POST endpoints a failure applies to unless `endpoint=` says otherwise.
-GENERATING_ENDPOINTS = ("/chat/completions", "/completions")
+GENERATING_ENDPOINTS = ("/chat/completions", "/completions", "/messages")
 
 _ID = "@@ID@@"
 _CREATED = '"@@CREATED@@"'
@@ -142,6 +148,7 @@ class RecordedRequest:
     completed: bool = False
     cancelled: bool = False
     chunks_sent: int = 0
+    sent: bytes = b""  # the body the fake answered with (Messages API only), to check relays byte for byte
 
 
 @dataclass
@@ -163,6 +170,7 @@ class _Plan:
     usage: dict[str, Any]
     include_usage: bool
     extra_frames: list[bytes] = field(default_factory=list)
+    reasoning: str | None = None
 
 
 class FakeUpstream:
@@ -200,6 +208,13 @@ class FakeUpstream:
         self.generation_stats: dict[str, dict[str, Any]] = {}
         self.transcript_text = DEFAULT_TRANSCRIPT
         self.transcription_usage: dict[str, Any] | None = None
+        # Chat completions: the reasoning sent back when a request asks for `reasoning` (OpenRouter's field).
+        self.reasoning_text = "Let me think about that."
+        # Anthropic's Messages API (POST /messages, what OpenRouter serves for Claude models).
+        self.messages_usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_MESSAGES_USAGE))
+        self.messages_tool_call: tuple[str, dict[str, Any]] | None = None  # (tool name, input) to call
+        self.thinking_text = "Let me think about that."
+        self._signing_key = secrets.token_bytes(16)
         self.requests: list[RecordedRequest] = []
 
         self._failures: deque[_Failure] = deque()
@@ -228,6 +243,7 @@ class FakeUpstream:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post(f"{API_PREFIX}/chat/completions", self._chat_completions)
         app.router.add_post(f"{API_PREFIX}/completions", self._completions)
+        app.router.add_post(f"{API_PREFIX}/messages", self._messages)
         app.router.add_get(f"{API_PREFIX}/models", self._models)
         app.router.add_get(f"{API_PREFIX}/generation", self._generation)
         app.router.add_post(f"{API_PREFIX}/audio/transcriptions", self._transcriptions)
@@ -512,6 +528,7 @@ class FakeUpstream:
             tool=tool,
             usage=usage,
             include_usage=include_usage,
+            reasoning=self.reasoning_text if kind == "chat" and body.get("reasoning") else None,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:
@@ -520,7 +537,17 @@ class FakeUpstream:
         Templates are cached per shape so the hot path only does two bytes.replace per frame.
         """
         usage_json = json.dumps(plan.usage, sort_keys=True)
-        key = (plan.kind, stream, plan.model, plan.text, plan.tool, usage_json, plan.include_usage, self.chunks)
+        key = (
+            plan.kind,
+            stream,
+            plan.model,
+            plan.text,
+            plan.tool,
+            usage_json,
+            plan.include_usage,
+            self.chunks,
+            plan.reasoning,
+        )
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) > 256:
@@ -588,6 +615,199 @@ class FakeUpstream:
             await response.write(frame)
             if record is not None:
                 record.chunks_sent += 1
+        await response.write_eof()
+        return response
+
+    # ---- Anthropic's Messages API -----------------------------------------------------------------
+
+    def sign_thinking(self, thinking: str) -> str:
+        """The signature this fake gives a thinking block; a changed block no longer matches it."""
+        import base64
+        import hashlib
+        import hmac
+
+        return base64.b64encode(hmac.new(self._signing_key, thinking.encode(), hashlib.sha256).digest()).decode()
+
+    def _messages_error(self, status: int, error_type: str, message: str) -> web.Response:
+        headers = {"retry-after": "1"} if status == 429 else None
+        body = {"type": "error", "error": {"type": error_type, "message": message}}
+        return web.json_response(body, status=status, headers=headers)
+
+    def _bad_signature(self, body: dict[str, Any]) -> str | None:
+        """Like Anthropic: every thinking block sent back must carry the signature it was issued with."""
+        for index, message in enumerate(body.get("messages") or []):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+                continue
+            for block in message["content"]:
+                if isinstance(block, dict) and block.get("type") == "thinking":
+                    if block.get("signature") != self.sign_thinking(str(block.get("thinking") or "")):
+                        return f"messages.{index}.content: Invalid `signature` in `thinking` block"
+        return None
+
+    def _message_content(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        """(content blocks, stop_reason) of the reply to a Messages request."""
+        content: list[dict[str, Any]] = []
+        thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+        if thinking.get("type") in ("enabled", "adaptive"):
+            text = self.thinking_text
+            content.append({"type": "thinking", "thinking": text, "signature": self.sign_thinking(text)})
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        results = [
+            b for b in (last.get("content") if isinstance(last.get("content"), list) else []) if isinstance(b, dict)
+        ]
+        results = [b for b in results if b.get("type") == "tool_result"]
+        tools = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        if results:
+            content.append({"type": "text", "text": f"The tool returned: {_content_text(results[-1].get('content'))}"})
+            return content, "end_turn"
+        if self.messages_tool_call and self.messages_tool_call[0] in tools:
+            name, arguments = self.messages_tool_call
+            content.append(
+                {"type": "tool_use", "id": "toolu_" + secrets.token_hex(10), "name": name, "input": arguments}
+            )
+            return content, "tool_use"
+        content.append({"type": "text", "text": self.reply_text})
+        return content, "end_turn"
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        record, body = await self._record(request)
+        failure = self._take_failure(request.path)
+        if record is not None:
+            record.failure = failure
+        try:
+            await self._sleep_ms(self.latency_ms)
+            if failure is not None and failure.isdigit():
+                self._finish(record)
+                status = int(failure)
+                error_type, message, _ = _ERRORS.get(status, ("api_error", f"HTTP {status}", None))
+                return self._messages_error(status, error_type, message)
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                self._finish(record)
+                return self._messages_error(400, "invalid_request_error", "messages: Field required")
+            if (problem := self._bad_signature(body)) is not None:
+                self._finish(record)
+                return self._messages_error(400, "invalid_request_error", problem)
+            content, stop_reason = self._message_content(body)
+            message_id = "msg_" + self._new_id().removeprefix("gen-").replace("-", "")
+            model = body.get("model") if isinstance(body.get("model"), str) else "unknown"
+            stream = body.get("stream") is True
+            if record is not None:
+                record.generation_id = message_id
+                record.stream = stream
+            if stream:
+                response = await self._stream_message(request, message_id, model, content, stop_reason, failure, record)
+            else:
+                usage = self.messages_usage
+                message = {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": content,
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": usage,
+                }
+                response = web.json_response(message)
+                if record is not None:
+                    record.sent = response.body
+        except (asyncio.CancelledError, ConnectionError):
+            self._finish(record, cancelled=True)
+            raise
+        self._finish(record)
+        return response
+
+    async def _stream_message(
+        self,
+        request: web.Request,
+        message_id: str,
+        model: str,
+        content: list[dict[str, Any]],
+        stop_reason: str,
+        failure: str | None,
+        record: RecordedRequest | None,
+    ) -> web.StreamResponse:
+        def event(name: str, payload: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+        usage = dict(self.messages_usage)
+        start_usage = {**usage, "output_tokens": 1}
+        frames = [
+            event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            )
+        ]
+        for index, block in enumerate(content):
+            kind = block["type"]
+            empty = {
+                "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+                "text": {"type": "text", "text": ""},
+            }
+            start = empty.get(kind) or {**block, "input": {}}
+            frames.append(
+                event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+            )
+            if index == 0:
+                frames.append(event("ping", {"type": "ping"}))
+            if kind == "thinking":
+                deltas = [{"type": "thinking_delta", "thinking": p} for p in _split(block["thinking"], 2)]
+                deltas.append({"type": "signature_delta", "signature": block["signature"]})
+            elif kind == "text":
+                deltas = [{"type": "text_delta", "text": p} for p in _split(block["text"], self.chunks)]
+            else:
+                arguments = json.dumps(block["input"])
+                deltas = [{"type": "input_json_delta", "partial_json": p} for p in _split(arguments, 3, words=False)]
+            frames.extend(
+                event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+                for d in deltas
+            )
+            frames.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        frames.append(
+            event(
+                "message_delta",
+                {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage},
+            )
+        )
+        frames.append(event("message_stop", {"type": "message_stop"}))
+
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        if self.send_processing_comment:
+            await response.write(PROCESSING_COMMENT)
+        for index, frame in enumerate(frames):
+            if index > 0:
+                await self._sleep_ms(self.chunk_delay_ms)
+            if index == 2 and failure == "drop_mid_stream":
+                _abort(request)
+                return response
+            if index == 2 and failure == "error_mid_stream":
+                await response.write(
+                    event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                )
+                await response.write_eof()
+                return response
+            if index == 1 and failure == "stall_after_first_chunk":
+                await asyncio.sleep(self.hang_seconds)
+                _abort(request)
+                return response
+            await response.write(frame)
+            if record is not None:
+                record.chunks_sent += 1
+                record.sent += frame
         await response.write_eof()
         return response
 
@@ -761,6 +981,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
 
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": plan.text, "refusal": None}
+        if plan.reasoning:
+            message["reasoning"] = plan.reasoning
         if plan.tool:
             name, arguments = plan.tool
             message["tool_calls"] = [
@@ -785,6 +1007,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
 
     usage_null = {"usage": None} if plan.include_usage else {}
     deltas: list[dict[str, Any]] = []
+    if plan.reasoning:
+        deltas.extend({"role": "assistant", "content": "", "reasoning": piece} for piece in _split(plan.reasoning, 2))
     if plan.tool:
         name, arguments = plan.tool
         pieces = _split(arguments, max(2, chunks - 1), words=False)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import OperationalError, connection
 
 from billing.models import UsageEvent
-from billing.services import audit_daily_message_counts, rollup_daily_message_counts
+from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 HELLO = [{"role": "user", "content": "Say hello"}]

@@ -15,7 +15,9 @@ from accounts.models import Plan, User
 from apikeys import authentication, throttling
 from apikeys.services import create_api_key
 from billing.models import UsageEvent
+from billing.refusals import reset_refusal_buffer
 from gateway import catalogue
+from gateway.surfaces.anthropic import models as anthropic_models
 from writingmate.redis_connection import close_async_redis, sync_redis
 
 
@@ -37,9 +39,11 @@ def reset_process_state() -> None:
     authentication._remembered_grants = authentication._LocalGrantCache()
     # The live server shares this process: its blocked addresses and sign-in counters would carry over.
     throttling.forget_blocked_addresses()
+    reset_refusal_buffer()
     cache.clear()
     access.bump_access_epoch()
     catalogue.forget_catalogue()
+    anthropic_models.forget_aliases()
     if settings.REDIS_URL:
         client = sync_redis()
         try:

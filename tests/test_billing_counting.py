@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from billing.counting import count_messages
-from billing.recording import UsageRecord, count_for
+from billing.ledger import UsageRecord, count_for
 
 tokens = st.integers(min_value=0, max_value=10**9)
 

@@ -14,7 +14,7 @@ import pytest
 from accounts.models import Plan
 from billing import quotas
 from billing.models import DailyMessageCount, UsageEvent
-from billing.services import audit_daily_message_counts, rollup_daily_message_counts
+from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
 from tests.support import make_user
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -17,7 +17,9 @@ from accounts.encryption import encrypt_secret
 from accounts.models import OpenRouterKey, Plan
 from billing import quotas
 from billing.models import DailyMessageCount, UsageEvent
-from billing.services import audit_daily_message_counts, rollup_daily_message_counts, settle_pending_generations
+from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
+from billing.settlement import settle_pending_generations
+from gateway.providers.openrouter import fetch_generation_stats
 from tests.fake_upstream import FakeUpstream, running
 from tests.support import make_user
 
@@ -159,7 +161,7 @@ def test_an_abandoned_stream_is_estimated_then_settled_to_the_upstreams_figures(
     time.sleep(0.3)  # SQLite's shared in-memory test database locks tables while the server thread reads
     UsageEvent.objects.update(created_at=timezone.now() - dt.timedelta(minutes=1))
 
-    assert settle_pending_generations() == {"settled": 1}
+    assert settle_pending_generations(fetch_stats=fetch_generation_stats) == {"settled": 1}
 
     settlement = UsageEvent.objects.get(kind=UsageEvent.Kind.SETTLEMENT)
     assert settlement.counted_messages == 2  # 40,900 upstream tokens → 3 messages, 1 counted so far

@@ -17,9 +17,9 @@ from billing.idempotency import (
     abandon_idempotent,
     begin_idempotent,
     complete_idempotent,
+    purge_expired_idempotent_requests,
 )
 from billing.models import IdempotentRequest
-from billing.services import purge_expired_idempotent_requests
 from billing.tasks import purge_idempotent_requests_task
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)

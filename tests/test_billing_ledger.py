@@ -12,16 +12,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connections
 
-from billing import quotas, recording, services
+from billing import ledger, quotas, recording, rollups
+from billing.ledger import UsageRecord, drain_ledger_spool, record_usage
 from billing.models import DailyMessageCount, UsageEvent
 from billing.quotas import Reservation, billing_day
-from billing.recording import UsageRecord, finish_request
-from billing.services import (
-    audit_daily_message_counts,
-    drain_ledger_spool,
-    record_usage,
-    rollup_daily_message_counts,
-)
+from billing.recording import finish_request
+from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
 from billing.tasks import rollup_daily_message_counts_task
 from tests.support import make_user
 from tests.support import run_async as run
@@ -68,7 +64,7 @@ def ledger_writes(monkeypatch) -> list[int]:
     original = recording.run_db
 
     async def counting_run_db(fn, /, *args, **kwargs):
-        if fn is services.write_ledger_entries_isolating:
+        if fn is ledger.write_ledger_entries_isolating:
             calls.append(len(kwargs["entries"]))
         return await original(fn, *args, **kwargs)
 
@@ -122,7 +118,7 @@ def test_back_to_back_requests_of_one_client_share_one_write_within_the_linger(l
 def test_a_database_outage_is_retried_until_the_line_is_durable(monkeypatch, caplog) -> None:
     user = make_user("outage@example.com").user
     failures = iter([True, True, False])
-    original = services.write_ledger_entries_isolating
+    original = ledger.write_ledger_entries_isolating
 
     def flaky(**kwargs):
         if next(failures):
@@ -153,13 +149,13 @@ def test_events_the_database_would_not_take_are_spooled_and_replayed(monkeypatch
     assert counted == 1
     assert UsageEvent.objects.count() == 0
     assert "spooled to Redis" in caplog.text
-    assert sync_redis().llen(services.LEDGER_SPOOL_KEY) == 1
+    assert sync_redis().llen(ledger.LEDGER_SPOOL_KEY) == 1
 
     rollup_daily_message_counts_task.delay()
 
     assert UsageEvent.objects.get().request_id == "req_spool"
     assert DailyMessageCount.objects.get().count == 1
-    assert drain_ledger_spool() == 0
+    assert drain_ledger_spool() == []
 
 
 @TRANSACTIONAL
@@ -190,7 +186,7 @@ def test_the_rollup_recomputes_from_events_and_running_it_twice_changes_nothing(
     record_usage(usage=record(other, "f"))
 
     def rows() -> list[dict]:
-        return list(DailyMessageCount.objects.order_by("id").values(*services._FIGURES, "id", "day", "workspace_id"))
+        return list(DailyMessageCount.objects.order_by("id").values(*rollups._FIGURES, "id", "day", "workspace_id"))
 
     first = rollup_daily_message_counts()
     after_first = rows()

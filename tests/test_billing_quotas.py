@@ -11,20 +11,24 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio
 from django.conf import settings as django_settings
 from django.utils import timezone
 
 from accounts.access import WorkspaceAccess, bump_access_epoch, load_user_access
 from accounts.models import AppSumoLicence, AppSumoTier, Plan
 from billing import quotas
+from billing.ledger import UsageRecord, record_usage
 from billing.models import DailyMessageCount, QuotaReservation, UsageEvent
 from billing.quotas import QuotaExceeded, Reservation, current_budget, reserve_message
-from billing.recording import UsageRecord, finish_request
-from billing.services import record_usage, rollup_daily_message_counts
+from billing.quotas import breaker as quota_breaker
+from billing.quotas import counters as quota_counters
+from billing.quotas import reserve as quota_reserve
+from billing.recording import finish_request
+from billing.rollups import rollup_daily_message_counts
 from tests.support import make_user
 from tests.support import run_async as run
 from writingmate.db import run_db
-from writingmate.fast_redis import FastRedis
 from writingmate.redis_connection import sync_redis
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -377,7 +381,7 @@ def test_settles_that_redis_missed_during_an_outage_are_reconciled(settings) -> 
     settings.REDIS_URL = UNREACHABLE_REDIS
     run(reserve_and_finish_all(access, owner.pk, 2, prefix="down"))  # database path: ledger has 4
     settings.REDIS_URL = redis_url
-    quotas._redis_health.down_until = 0  # the breaker's pause is over
+    quota_breaker.redis_health.down_until = 0  # the breaker's pause is over
 
     outcomes = run(reserve_many(access, owner.pk, 5, prefix="back"))
     assert sum(isinstance(o, Reservation) for o in outcomes) == 2
@@ -391,12 +395,14 @@ def test_requests_in_flight_when_redis_dies_still_count_on_the_database_path(mon
 
     async def scenario():
         held = [r for r in await reserve_many(access, owner.pk, 6, prefix="before") if isinstance(r, Reservation)]
-        dead = FastRedis(UNREACHABLE_REDIS, timeout_seconds=0.2)
-        monkeypatch.setattr(quotas, "fast_redis", lambda: dead)  # Redis dies with 6 requests in flight
+        dead = redis.asyncio.Redis.from_url(UNREACHABLE_REDIS, socket_connect_timeout=0.2)
+        # Redis dies with 6 requests in flight
+        monkeypatch.setattr(quota_reserve, "async_redis", lambda: dead)
+        monkeypatch.setattr(quota_counters, "async_redis", lambda: dead)
         during = await reserve_many(access, owner.pk, 10, prefix="during")
         admitted = [r for r in during if isinstance(r, Reservation)]
         await asyncio.gather(*(finish_request(reservation=r, usage=usage(r)) for r in held + admitted))
-        await dead.close()
+        await dead.aclose()
         return held, admitted
 
     held, admitted = run(scenario())
@@ -436,7 +442,8 @@ import django
 django.setup()
 from accounts.access import load_user_access
 from billing.quotas import QuotaExceeded, reserve_message
-from billing.recording import UsageRecord, finish_request
+from billing.ledger import UsageRecord
+from billing.recording import finish_request
 from writingmate.redis_connection import close_async_redis
 
 user_id, prefix = int(sys.argv[1]), sys.argv[2]

@@ -10,18 +10,13 @@ from django.utils import timezone
 
 from accounts.encryption import encrypt_secret
 from accounts.models import OpenRouterKey, Plan
-from billing import quotas
+from billing import quotas, settlement
+from billing.ledger import UsageRecord, record_usage
 from billing.models import DailyMessageCount, UsageEvent
-from billing.recording import UsageRecord
-from billing.services import (
-    GenerationNotReady,
-    audit_daily_message_counts,
-    record_usage,
-    rollup_daily_message_counts,
-    settle_generation,
-    settle_pending_generations,
-)
-from billing.tasks import settle_generation_task, settle_pending_generations_task
+from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
+from billing.settlement import GenerationNotReady
+from gateway.providers.openrouter import fetch_generation_stats
+from gateway.tasks import settle_generation_task, settle_pending_generations_task
 from tests.fake_upstream import FakeUpstream, running
 from tests.support import make_user
 
@@ -58,6 +53,14 @@ def abandoned(user, request_id: str, generation_id: str, *, byok: bool = False, 
         generation_id=generation_id,
         tokens_estimated=True,
     )
+
+
+def settle_generation(*, request_id: str) -> settlement.Settlement:
+    return settlement.settle_generation(request_id=request_id, fetch_stats=fetch_generation_stats)
+
+
+def settle_pending_generations() -> dict[str, int]:
+    return settlement.settle_pending_generations(fetch_stats=fetch_generation_stats)
 
 
 def age(request_id: str, seconds: int = 60) -> None:

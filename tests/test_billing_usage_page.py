@@ -16,10 +16,10 @@ import pytest
 from accounts.models import AppSumoLicence, AppSumoTier, Membership, Plan
 from apikeys.models import DeveloperKey
 from billing import quotas
+from billing.ledger import UsageRecord, record_usage
 from billing.models import UsageEvent
 from billing.quotas import billing_day
-from billing.recording import UsageRecord
-from billing.services import record_usage, rollup_daily_message_counts
+from billing.rollups import rollup_daily_message_counts
 from tests.support import make_user
 
 PASSWORD = "a-long-password-1"

@@ -790,7 +790,6 @@ def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client
             {"input": "x", "tools": [WEATHER_TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]},
             "tools[1].type",
         ),
-        ({"input": "x", "previous_response_id": "resp_abc"}, "previous_response_id"),
         ({"input": "x", "background": True}, "background"),
     ]
     for extra, param in cases:

@@ -6,6 +6,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from writingmate.redis_connection import celery_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -201,16 +203,25 @@ BILLING_REDIS_RETRY_SECONDS = env.float("BILLING_REDIS_RETRY_SECONDS", default=5
 BILLING_LEDGER_LINGER_SECONDS = env.float("BILLING_LEDGER_LINGER_SECONDS", default=0.02)
 # How long a usage event is retried while the database is unreachable before it is spooled to Redis.
 BILLING_LEDGER_RETRY_SECONDS = env.float("BILLING_LEDGER_RETRY_SECONDS", default=120.0)
+# Refused /v1 requests are counted in memory and written (one upsert) this often (billing.refusals).
+REFUSAL_FLUSH_SECONDS = env.float("REFUSAL_FLUSH_SECONDS", default=2.0)
 
 # --- Celery -------------------------------------------------------------------------------------
-CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_RESULT_BACKEND = None
+# The same Redis as everything else (rediss:// included: writingmate.redis_connection.celery_redis_url).
+CELERY_BROKER_URL = celery_redis_url(REDIS_URL) if REDIS_URL else "memory://"
+CELERY_RESULT_BACKEND = None  # no task's result is read; a Redis URL here works the same way as the broker's
+CELERY_BROKER_USE_SSL = None  # kombu reads the TLS options from the rediss:// URL's query
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+# Without a broker there is no beat: each serving process then rolls up the days and workspaces its
+# ledger writes touched, at most once per this many seconds (0: only the beat task rolls up).
+BILLING_ROLLUP_AFTER_WRITES_SECONDS = env.float(
+    "BILLING_ROLLUP_AFTER_WRITES_SECONDS", default=20.0 if CELERY_TASK_ALWAYS_EAGER else 0.0
+)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE = {
     "rollup-daily-message-counts": {"task": "billing.tasks.rollup_daily_message_counts_task", "schedule": 60.0},
-    "settle-abandoned-streams": {"task": "billing.tasks.settle_pending_generations_task", "schedule": 120.0},
+    "settle-abandoned-streams": {"task": "gateway.tasks.settle_pending_generations_task", "schedule": 120.0},
     "purge-idempotent-requests": {"task": "billing.tasks.purge_idempotent_requests_task", "schedule": 3600.0},
     "sync-models": {"task": "gateway.tasks.sync_models_task", "schedule": 6 * 3600.0},
 }
@@ -255,3 +266,13 @@ if not METRICS_PATH.startswith("/") or METRICS_PATH.startswith(("/v1", "/api/ope
     raise ImproperlyConfigured("METRICS_PATH must start with / and lie outside the /v1 API.")
 # Probes and scrapes come over plain HTTP from inside the network; an HTTPS redirect would fail them.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", "^" + re.escape(METRICS_PATH.lstrip("/")) + "$"]
+
+# --- Stored responses (/v1/responses with store: true) ----------------------------------------------
+# Kept this many days, then purged by gateway.tasks.purge_stored_responses_task (OpenAI keeps 30).
+RESPONSES_RETENTION_DAYS = env.int("RESPONSES_RETENTION_DAYS", default=30)
+# The most input (a previous response's context included) one stored response may hold, in bytes of JSON.
+RESPONSES_STORE_MAX_BYTES = env.int("RESPONSES_STORE_MAX_BYTES", default=8 * 1024 * 1024)
+CELERY_BEAT_SCHEDULE["purge-stored-responses"] = {
+    "task": "gateway.tasks.purge_stored_responses_task",
+    "schedule": 3600.0,
+}

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.access import AccessChanged
 from apikeys.authentication import ApiCaller
+from gateway.core.refusals import note_refused
+from gateway.errors import ApiError, error_response
 
 
 class AsyncApiView(APIView):
@@ -31,6 +33,7 @@ class AsyncApiView(APIView):
     """
 
     endpoint: ClassVar[str] = "unknown"
+    endpoint_by_method: ClassVar[dict[str, str]] = {}  # where one view serves several ("GET": "...")
     reserves_quota: ClassVar[bool] = False
     # OPTIONS is left out: DRF's metadata view is synchronous, and no OpenAI client sends it.
     http_method_names: ClassVar[list[str]] = ["get", "post", "delete"]  # type: ignore[misc]
@@ -38,7 +41,7 @@ class AsyncApiView(APIView):
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         self.args, self.kwargs = args, kwargs
-        request.api_endpoint = self.endpoint  # type: ignore[attr-defined]
+        request.api_endpoint = self.endpoint_by_method.get(request.method or "", self.endpoint)  # type: ignore[attr-defined]
         drf_request = self.initialize_request(request, *args, **kwargs)
         self.request = drf_request
         self.headers: dict[str, str] = {}
@@ -74,6 +77,15 @@ class AsyncApiView(APIView):
                 request.user, request.auth = result
                 self.caller = result[1]
                 return
+
+    def refuse(self, error: ApiError, *, cause: Exception) -> HttpResponse:
+        """The error response for a refused request (EXCEPTION_HANDLER calls it), noted in the refusal record."""
+        note_refused(self.request._request, error, caller=getattr(self, "caller", None), cause=cause)
+        return self.error_response(error)
+
+    def error_response(self, error: ApiError) -> HttpResponse:
+        """`error` in this surface's shape: OpenAI's here; a surface with its own shape overrides it."""
+        return error_response(error)
 
     def raise_uncaught_exception(self, exc: Exception) -> None:
         raise exc  # gateway.asgi logs it and answers 500 in OpenAI's shape (no DEBUG pages on /v1)

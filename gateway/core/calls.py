@@ -27,8 +27,9 @@ from billing.idempotency import (
     begin_idempotent,
     complete_idempotent,
 )
+from billing.ledger import UsageRecord, count_for
 from billing.quotas import QuotaExceeded, Reservation, reserve_message
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.recording import finish_request
 from gateway import catalogue, metrics
 from gateway.core import validation
 from gateway.core.routing import Route, route_chat

@@ -38,6 +38,8 @@ class UpstreamCall:
     form_fields: Mapping[str, str] = field(default_factory=dict)
     file_field: tuple[str, bytes | object, str] | None = None  # (filename, content or file, content type)
     stream: bool = False
+    raw_body: bytes | None = None  # sent as it is instead of `json_body` (the Anthropic surface's passthrough)
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra headers, e.g. anthropic-version
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing import services
+from billing import rollups
 from billing.quotas import billing_day
 
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         if options["days"]:
             today = billing_day()
             days = [today - dt.timedelta(days=i) for i in range(options["days"])]
-        result = services.audit_daily_message_counts(days=days, include_today=options["include_today"])
+        result = rollups.audit_daily_message_counts(days=days, include_today=options["include_today"])
         for mismatch in result.mismatches:
             self.stderr.write(mismatch)
         summary = (

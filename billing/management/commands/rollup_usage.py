@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from billing import services
+from billing import rollups
 from billing.models import UsageEvent
 from billing.quotas import billing_day
 
@@ -22,7 +22,6 @@ class Command(BaseCommand):
         group.add_argument("--all", action="store_true", help="every day the ledger has")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        drained = services.drain_ledger_spool()
         if options["all"]:
             days = list(UsageEvent.objects.order_by().values_list("day", flat=True).distinct())
         elif options["date"]:
@@ -32,6 +31,6 @@ class Command(BaseCommand):
             days = [today - dt.timedelta(days=i) for i in range(options["days"])]
         else:
             days = None
-        result = services.rollup_daily_message_counts(days=days)
+        drained, result = rollups.drain_spool_and_roll_up(days=days)
         spooled = f", {drained} spooled events replayed" if drained else ""
         self.stdout.write(f"rolled up {len(result.days)} days into {result.rows} daily_message_count rows{spooled}")

@@ -15,7 +15,8 @@ from typing import BinaryIO
 from django.conf import settings
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway.core.calls import Completion, GatewayCall, admit, observe_outcome, reserve, send_upstream, usage_record
 from gateway.core.routing import route_transcription
 from gateway.core.streaming import CallOutcome

@@ -1,8 +1,9 @@
 """The Responses API on top of chat completions: the request and the response translated both ways, and
 a stream translator from chat completion chunks to Responses events. Pure: no I/O, no settings.
 
-Nothing is stored: requests that need server-side state (`previous_response_id`, `conversation`,
-stored prompts, `background`) are refused with a 400 naming the parameter (docs/decisions.md).
+Storing and continuing responses happens before and after this module (stored_responses: the input it
+gets is whole, `previous_response_id` resolved); other server-side state (`conversation`, stored
+prompts, `background`) is refused with a 400 naming the parameter (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -356,8 +357,8 @@ def _refuse_unsupported(body: dict) -> None:
             )
     if body.get("background"):
         raise invalid_request(
-            "Background responses are not supported: this API does not store responses. Use 'stream': true "
-            "for long generations.",
+            "Background responses are not supported: this API answers while the request is open. Use "
+            "'stream': true for long generations.",
             param="background",
             code="unsupported_parameter",
         )

@@ -7,12 +7,14 @@ turned into Responses events, so a client that disconnects is billed exactly as 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from apikeys.authentication import ApiCaller
-from billing.recording import UsageRecord, count_for, finish_request
+from billing.ledger import UsageRecord, count_for
+from billing.recording import finish_request
 from gateway.catalogue import CatalogueEntry
 from gateway.core import validation
 from gateway.core.calls import (
@@ -39,9 +41,12 @@ from gateway.surfaces.openai.responses_api import (
     response_from_chat,
     sse_frame,
 )
+from gateway.surfaces.openai.stored_responses import StoragePlan, keep_response, plan_storage
 
 ENDPOINT = "responses"  # as recorded in the ledger
 UPSTREAM_PATH = "/chat/completions"
+
+Keep = Callable[[dict], Awaitable[None]]  # stores a finished Response (store: true) before the client gets it
 
 
 def _event_payload(raw: bytes) -> dict | str | None:
@@ -68,7 +73,9 @@ def _failure_message(payload: dict) -> str | None:
     return str(error)
 
 
-async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStream) -> AsyncIterator[bytes]:
+async def _response_events(
+    relay: AsyncIterator[bytes], events: ResponseEventStream, keep: Keep
+) -> AsyncIterator[bytes]:
     """Responses SSE frames for the relayed chat stream; the relay is always read to its end."""
     try:
         yield b"".join(sse_frame(event) for event in events.start())
@@ -89,15 +96,29 @@ async def _response_events(relay: AsyncIterator[bytes], events: ResponseEventStr
             if out:
                 yield b"".join(out)
         terminal = events.fail(failure) if failure is not None else events.finish(completed_at=int(time.time()))
+        if terminal and "response" in terminal[-1]:
+            await keep(terminal[-1]["response"])  # durable before the client has the final event
         yield b"".join(sse_frame(event) for event in terminal)
     finally:
         await relay.aclose()
 
 
-def _translate(body: dict) -> ChatTranslation:
-    translation = chat_request_from_responses(body)
+def _translate(body: dict, plan: StoragePlan) -> ChatTranslation:
+    try:
+        translation = chat_request_from_responses(body)
+    except ApiError as error:
+        raise plan.remap_error(error) from None
     validation.check_chat_request(translation.chat_body)  # the chat path's own checks, as a backstop
-    return translation
+    echo = {**translation.echo, "store": plan.store, "previous_response_id": plan.previous_response_id}
+    return dataclasses.replace(translation, echo=echo)
+
+
+def _keeper(*, plan: StoragePlan, caller: ApiCaller, request_id: str) -> Keep:
+    async def keep(response: dict) -> None:
+        if plan.store and not await keep_response(plan=plan, caller=caller, response=response, request_id=request_id):
+            response["store"] = False  # the database refused it: the client is told, not misled
+
+    return keep
 
 
 async def create_response(
@@ -105,9 +126,11 @@ async def create_response(
 ) -> GatewayCall:
     """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed."""
     translations: list[ChatTranslation] = []
+    # The previous response's context and referenced items come first: the translator sees the whole input.
+    plan = await plan_storage(caller=caller, body=body)
     # admit() runs the check between the model and catalogue checks, as on the chat path.
     model, entry = await admit(
-        caller=caller, body=body, check=lambda raw: translations.append(_translate(raw)), kind="chat"
+        caller=caller, body=plan.body, check=lambda raw: translations.append(_translate(raw, plan)), kind="chat"
     )
     translation = translations[0]
     route = route_chat(entry=entry, caller=caller)
@@ -117,7 +140,13 @@ async def create_response(
         raw_body=raw_body,
         stream=translation.stream,
         run=lambda: _respond(
-            caller=caller, translation=translation, model=model, entry=entry, route=route, request_id=request_id
+            caller=caller,
+            translation=translation,
+            model=model,
+            entry=entry,
+            route=route,
+            request_id=request_id,
+            keep=_keeper(plan=plan, caller=caller, request_id=request_id),
         ),
     )
 
@@ -130,6 +159,7 @@ async def _respond(
     entry: CatalogueEntry,
     route: Route,
     request_id: str,
+    keep: Keep,
 ) -> GatewayCall:
     reservation = await reserve(caller=caller, route=route, request_id=request_id)
 
@@ -169,7 +199,7 @@ async def _respond(
     if translation.stream:
         relay = relay_events(upstream, include_usage=True, outcome=outcome)
         events = ResponseEventStream(response_id=response_id, created_at=created_at, model=model, echo=translation.echo)
-        stream = _response_events(relay, events)
+        stream = _response_events(relay, events, keep)
         return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
 
     completion = await read_completion(upstream, outcome=outcome, finish=finish)
@@ -188,6 +218,7 @@ async def _respond(
         model=model,
         echo=translation.echo,
     )
+    await keep(response)
     headers["x-writingmate-messages-counted"] = str(count_for(record()))
     return GatewayCall(
         result=Completion(status=200, body=json.dumps(response).encode(), headers=headers), finish=finish

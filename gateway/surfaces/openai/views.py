@@ -22,7 +22,7 @@ from gateway.core.finalizers import add_finalizer
 from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError
 from gateway.parsers import JsonObjectParser, MultipartFormParser, invalid_json
-from gateway.surfaces.openai import audio, responses_service
+from gateway.surfaces.openai import audio, responses_service, stored_responses
 
 
 def note_model(request: Request, model: object) -> None:
@@ -110,6 +110,35 @@ class CompletionsView(_ProxiedJsonView):
 class ResponsesView(_ProxiedJsonView):
     endpoint = "responses"
     create = staticmethod(responses_service.create_response)
+
+
+class ResponseView(AsyncApiView):
+    """GET or DELETE /v1/responses/{id}: a stored response of this caller's workspace."""
+
+    endpoint_by_method = {"GET": "responses.retrieve", "DELETE": "responses.delete"}
+
+    async def get(self, request: Request, response_id: str) -> HttpResponse:
+        if request.query_params.get("stream") not in (None, "", "false"):
+            raise ApiError(
+                "Streaming a stored response again is only for background responses, which this API does not run.",
+                param="stream",
+                code="unsupported_parameter",
+            )
+        body = await stored_responses.retrieve_response(caller=self.caller, response_id=response_id)
+        return HttpResponse(body, content_type="application/json")  # stored JSON, sent as stored
+
+    async def delete(self, request: Request, response_id: str) -> Response:
+        return Response(await stored_responses.delete_response(caller=self.caller, response_id=response_id))
+
+
+class ResponseInputItemsView(AsyncApiView):
+    endpoint = "responses.input_items"
+
+    async def get(self, request: Request, response_id: str) -> Response:
+        query = stored_responses.list_query(dict(request.query_params.lists()))
+        return Response(
+            await stored_responses.list_input_items(caller=self.caller, response_id=response_id, query=query)
+        )
 
 
 def _audio_upload(request: Request) -> tuple[dict[str, list[str]], audio.AudioUpload | None]:

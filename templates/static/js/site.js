@@ -1,20 +1,35 @@
-// The copy button on the one-time key reveal, and keeping that reveal out of reload/back.
+// Copy buttons (the one-time key and the setup snippets), and keeping the key reveal out of reload/back.
 (function () {
   "use strict";
 
-  function copyFrom(button) {
-    var source = document.getElementById(button.getAttribute("data-copy-target"));
-    var status = document.getElementById("copy-status");
-    var value = source.value || source.textContent;
-    function done(ok) {
-      if (status) status.textContent = ok ? "Copied to the clipboard." : "Could not copy: select the key and copy it by hand.";
-    }
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(value).then(function () { done(true); }, function () { done(false); });
-    } else {
+  function selectContents(source) {
+    if (typeof source.select === "function") {
       source.focus();
       source.select();
+      return;
+    }
+    var range = document.createRange();
+    range.selectNodeContents(source);
+    var selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+
+  function copyFrom(button) {
+    var source = document.getElementById(button.getAttribute("data-copy-target"));
+    var status = document.getElementById(button.getAttribute("data-copy-status") || "copy-status");
+    var value = source.value !== undefined ? source.value : source.textContent;
+    function done(ok) {
+      if (status) status.textContent = ok ? "Copied to the clipboard." : "Could not copy: select the text and copy it by hand.";
+    }
+    function fallback() {
+      selectContents(source);
       try { done(document.execCommand("copy")); } catch (e) { done(false); }
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(value).then(function () { done(true); }, fallback);
+    } else {
+      fallback();
     }
   }
 

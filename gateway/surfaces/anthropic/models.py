@@ -1,0 +1,82 @@
+"""Which catalogue model an Anthropic model id means: a catalogue slug, or an alias staff edit in admin.
+
+Aliases are held in memory like the catalogue and reloaded as often, so resolving runs no query.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from accounts.access import WorkspaceAccess
+from gateway import catalogue
+from gateway.catalogue import CatalogueEntry
+from gateway.errors import ApiError, invalid_request
+from gateway.models import CatalogueModel, ModelAlias
+from gateway.surfaces.anthropic.errors import not_found_model
+from writingmate.db import run_db
+
+
+@dataclass(frozen=True)
+class _Alias:
+    target: str
+    fallback: str | None
+
+
+_aliases: dict[str, _Alias] = {}
+_loaded_at = float("-inf")
+
+
+def _load() -> dict[str, _Alias]:
+    rows = ModelAlias.objects.values_list("alias", "target__slug", "fallback__slug")
+    return {alias: _Alias(target=target, fallback=fallback) for alias, target, fallback in rows}
+
+
+async def _alias_table() -> dict[str, _Alias]:
+    global _aliases, _loaded_at
+    if time.monotonic() - _loaded_at > catalogue.CATALOGUE_REFRESH_SECONDS:
+        _aliases = await run_db(_load)
+        _loaded_at = time.monotonic()
+    return _aliases
+
+
+def forget_aliases() -> None:
+    global _loaded_at
+    _loaded_at = float("-inf")
+
+
+def is_claude(entry: CatalogueEntry) -> bool:
+    """Claude models go to the upstream's own Messages API; every other model through chat completions."""
+    return entry.provider == CatalogueModel.Provider.OPENROUTER and entry.upstream_name.startswith("anthropic/")
+
+
+def _not_in_plan(model: str, workspace: WorkspaceAccess) -> ApiError:
+    return ApiError(
+        f"model: {model} is not included in the {workspace.plan_name} plan of workspace "
+        f"{workspace.workspace_id}. Upgrade the plan or pick a model from /api/anthropic/v1/models.",
+        status=403,
+        param="model",
+        code="model_not_allowed",
+    )
+
+
+async def resolve_model(model: object, workspace: WorkspaceAccess) -> CatalogueEntry:
+    """The catalogue entry serving `model` for this workspace, or a 400 / 403 / 404 naming it."""
+    if not isinstance(model, str) or not model:
+        raise invalid_request("model: Field required", param="model")
+    entries = await catalogue.enabled_models()
+    entry = entries.get(model)
+    if entry is None or entry.kind != CatalogueModel.Kind.CHAT:
+        alias = (await _alias_table()).get(model)
+        if alias is None:
+            raise not_found_model(model)
+        candidates = [entries.get(alias.target), entries.get(alias.fallback) if alias.fallback else None]
+        for candidate in candidates:
+            if candidate is not None and workspace.allows_model(slug=candidate.slug, tier=candidate.tier):
+                return candidate
+        if not any(candidates):
+            raise not_found_model(model)
+        raise _not_in_plan(model, workspace)
+    if not workspace.allows_model(slug=entry.slug, tier=entry.tier):
+        raise _not_in_plan(model, workspace)
+    return entry

@@ -1,0 +1,90 @@
+"""A Messages request body read once, member by member, so it can go to a Claude upstream as it came.
+
+Thinking blocks are signed and cache breakpoints are matched by content: the history must reach
+Anthropic exactly as the client sent it. So the body is never re-serialised: each top-level member
+keeps its bytes, only `model` is replaced (by the upstream's name) and members the upstream must not
+see are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from gateway.errors import invalid_request
+
+_decoder = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass(frozen=True)
+class RawBody:
+    text: str
+    members: dict[str, tuple[int, int, int]]  # key -> (member start, value start, value end) in `text`
+
+    def with_model(self, model: str, *, leave_out: frozenset[str] = frozenset()) -> bytes:
+        """The body with `model` replaced and `leave_out` members gone; every other byte as it came."""
+        ordered = sorted(self.members.items(), key=lambda item: item[1][0])
+        kept = [(i, key, span) for i, (key, span) in enumerate(ordered) if key not in leave_out]
+        text = self.text
+        if not ordered:
+            return text.encode()
+        parts = [text[: ordered[0][1][0]]]
+        for position, (i, key, (start, value_start, end)) in enumerate(kept):
+            if key == "model":
+                parts.append(text[start:value_start] + json.dumps(model))
+            else:
+                parts.append(text[start:end])
+            if position + 1 < len(kept):
+                parts.append(text[end : ordered[i + 1][1][0]])  # the separator that followed this member
+        parts.append(text[ordered[-1][1][2] :])
+        return "".join(parts).encode()
+
+
+def _invalid_json() -> Exception:
+    return invalid_request("The request body is not valid JSON: send one JSON object.", code="invalid_json")
+
+
+def parse_body(raw: bytes) -> tuple[dict, RawBody]:
+    """(the body as a dict, where each member is) from one pass of the JSON decoder."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid_json() from None
+    body: dict = {}
+    members: dict[str, tuple[int, int, int]] = {}
+    try:
+        index = _SPACE.match(text, 0).end()
+        if text[index : index + 1] != "{":
+            raise ValueError("not an object")
+        index = _SPACE.match(text, index + 1).end()
+        if text[index : index + 1] == "}":
+            index += 1
+        else:
+            while True:
+                if text[index : index + 1] != '"':
+                    raise ValueError("expected a key")
+                start = index
+                key, index = json.decoder.scanstring(text, index + 1)
+                index = _SPACE.match(text, index).end()
+                if text[index : index + 1] != ":":
+                    raise ValueError("expected ':'")
+                value_start = _SPACE.match(text, index + 1).end()
+                value, index = _decoder.raw_decode(text, value_start)
+                body[key] = value
+                members.pop(key, None)  # a repeated key: the last one wins, as in json.loads
+                members[key] = (start, value_start, index)
+                index = _SPACE.match(text, index).end()
+                if text[index : index + 1] == ",":
+                    index = _SPACE.match(text, index + 1).end()
+                    continue
+                if text[index : index + 1] == "}":
+                    index += 1
+                    break
+                raise ValueError("expected ',' or '}'")
+        if _SPACE.match(text, index).end() != len(text):
+            raise ValueError("extra data")
+    except (ValueError, RecursionError):
+        raise _invalid_json() from None
+    return body, RawBody(text=text, members=members)

@@ -1,0 +1,245 @@
+"""The Messages API: admit, reserve, call the upstream (Claude as it came, others through chat), bill.
+
+The same steps as chat completions (gateway.services): the model resolved and allowed by the plan,
+one message reserved atomically, Idempotency-Key, the request recorded once by a finalizer after
+the response, whether it succeeded, failed or the client left. Billing reads Anthropic's usage:
+prompt = input + cache read + cache creation tokens, cached = cache read, completion = output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from accounts.access import confirm_access_epoch
+from apikeys.authentication import ApiCaller
+from billing.recording import UsageRecord, count_for, finish_request
+from gateway import catalogue
+from gateway.core import calls as services
+from gateway.core import validation
+from gateway.core.calls import Completion, CompletionStream, GatewayCall
+from gateway.core.routing import Route, route_chat
+from gateway.errors import ApiError
+from gateway.providers.base import UpstreamCall
+from gateway.surfaces.anthropic import translate
+from gateway.surfaces.anthropic.events import (
+    MessagesOutcome,
+    delivered_message_text,
+    relay_message_events,
+    translate_chat_events,
+)
+from gateway.surfaces.anthropic.models import is_claude, resolve_model
+from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
+from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
+
+ENDPOINT = "messages"  # as the ledger records it
+DEFAULT_VERSION = "2023-06-01"
+# Members a client may send that the upstream must not see: they would name another upstream or key.
+# (The OpenRouter routing fields are refused instead, as on /v1: validation.check_routing.)
+LEAVE_OUT = frozenset({"api_base", "base_url", "api_key", "extra_body", "extra_headers", "extra_query"})
+_ROUTING = (*validation.ROUTING_PARAMS, "fallbacks")
+
+
+def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
+    if entry.allow_routing_params:
+        return
+    for name in _ROUTING:
+        if name in body:
+            raise ApiError(
+                f"{name}: not supported here; requests go to exactly the model you name.", status=400, param=name
+            )
+
+
+async def _admit(caller: ApiCaller, body: dict) -> tuple[catalogue.CatalogueEntry, Route]:
+    try:
+        translate.check_request(body)
+        entry = await resolve_model(body.get("model"), caller.workspace)
+        _check_routing(body, entry)
+        return entry, route_chat(entry=entry, caller=caller)
+    except ApiError:
+        if caller.unconfirmed_epoch is not None:
+            # A refusal must rest on current access (a plan upgraded a moment ago, say), not on memory.
+            await confirm_access_epoch(caller.unconfirmed_epoch)
+        raise
+
+
+def estimate_input_tokens(body: dict) -> int:
+    messages = translate.chat_messages(body)
+    return count_chat_prompt_tokens(messages, body.get("tools") or None)
+
+
+def usage_record(
+    *, caller: ApiCaller, route: Route, model: str, request_id: str, body: dict, outcome: MessagesOutcome
+) -> UsageRecord:
+    """The ledger line: the upstream's usage, or an estimate of what was delivered when it has none."""
+    tokens = outcome.tokens
+    cache_read = tokens.get("cache_read_input_tokens", 0)
+    prompt = tokens.get("input_tokens", 0) + cache_read + tokens.get("cache_creation_input_tokens", 0)
+    estimated = not outcome.usage_final
+    if outcome.usage_final:
+        completion = tokens.get("output_tokens", 0)
+    else:
+        completion = count_text_tokens(delivered_message_text(outcome))
+        spent = outcome.reached_upstream and (completion > 0 or outcome.status == "succeeded")
+        if not spent:
+            prompt, cache_read = 0, 0
+        elif "input_tokens" not in tokens:  # no message_start either: count the request ourselves
+            prompt = estimate_input_tokens(body)
+    return UsageRecord(
+        request_id=request_id,
+        workspace_id=caller.workspace.workspace_id,
+        user_id=caller.user_id,
+        key_id=caller.key_id,
+        model=model,
+        endpoint=ENDPOINT,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=min(cache_read, prompt),
+        byok=route.byok,
+        status=outcome.status,
+        latency_ms=int((time.monotonic() - outcome.started) * 1000),
+        generation_id=outcome.generation_id,
+        tokens_estimated=estimated,
+    )
+
+
+def _claude_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """anthropic-version and anthropic-beta go upstream exactly as the client sent them."""
+    out = {"anthropic-version": headers.get("anthropic-version") or DEFAULT_VERSION}
+    if headers.get("anthropic-beta"):
+        out["anthropic-beta"] = headers["anthropic-beta"]
+    return out
+
+
+async def create_message(
+    *,
+    caller: ApiCaller,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+    idempotency_key: str | None = None,
+) -> GatewayCall:
+    body, raw = parse_body(raw_body)
+    entry, route = await _admit(caller, body)
+    return await services.idempotently(
+        caller=caller,
+        idempotency_key=idempotency_key,
+        raw_body=raw_body,
+        stream=body.get("stream") is True,
+        run=lambda: _create_admitted(
+            caller=caller, body=body, raw=raw, headers=headers, request_id=request_id, entry=entry, route=route
+        ),
+    )
+
+
+async def _create_admitted(
+    *,
+    caller: ApiCaller,
+    body: dict,
+    raw: RawBody,
+    headers: Mapping[str, str],
+    request_id: str,
+    entry: catalogue.CatalogueEntry,
+    route: Route,
+) -> GatewayCall:
+    reservation = await services.reserve(caller=caller, route=route, request_id=request_id)
+    stream = body.get("stream") is True
+    claude = is_claude(entry)
+    outcome = MessagesOutcome()
+    relay: AsyncIterator[bytes] | None = None
+    complete: UsageRecord | None = None
+
+    def record() -> UsageRecord:
+        return usage_record(
+            caller=caller, route=route, model=entry.slug, request_id=request_id, body=body, outcome=outcome
+        )
+
+    async def finish() -> None:
+        if relay is not None:
+            await relay.aclose()  # type: ignore[attr-defined]  # a stream the client left stops here
+        counted = await finish_request(reservation=reservation, usage=complete or record())
+        services.observe_outcome(endpoint=ENDPOINT, model=entry.slug, outcome=outcome, counted=counted, byok=route.byok)
+
+    if claude:
+        call = UpstreamCall(
+            path="/messages",
+            api_key=route.api_key,
+            request_id=request_id,
+            raw_body=raw.with_model(entry.upstream_name, leave_out=LEAVE_OUT),
+            headers=_claude_headers(headers),
+            stream=stream,
+        )
+    else:
+        chat = translate.chat_request(body, upstream_model=entry.upstream_name, stream=stream)
+        call = UpstreamCall(
+            path="/chat/completions", api_key=route.api_key, request_id=request_id, json_body=chat, stream=stream
+        )
+    upstream = await services.send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
+
+    response_headers = reservation.budget.headers()
+    if stream:
+        if claude:
+            relay = relay_message_events(upstream, outcome=outcome)
+        else:
+            message_id = translate.new_message_id()
+            relay = translate_chat_events(upstream, message_id=message_id, model=entry.slug, outcome=outcome)
+        return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
+
+    answer = await services.read_completion(upstream, outcome=outcome, finish=finish)
+    if claude:
+        outcome.generation_id = str(answer.get("id") or "")
+        content = answer.get("content")
+        usage = answer.get("usage")
+        response_body = upstream.body
+    else:
+        message = translate.message_from_chat(answer, model=entry.slug)
+        content, usage = message["content"], message["usage"]
+        response_body = json.dumps(message).encode()
+    outcome.note_usage(usage, final=isinstance(answer.get("usage"), dict))
+    outcome.delivered.clear()  # the estimate, if the upstream gave no usage, reads outcome.text
+    outcome.text.extend(_block_text(block) for block in content or [] if isinstance(block, dict))
+    complete = record()
+    response_headers["x-writingmate-messages-counted"] = str(count_for(complete))
+    return GatewayCall(result=Completion(status=200, body=response_body, headers=response_headers), finish=finish)
+
+
+def _block_text(block: dict) -> str:
+    if block.get("type") == "tool_use":
+        return json.dumps(block.get("input"))
+    return str(block.get("text") or block.get("thinking") or "")
+
+
+async def count_tokens(*, caller: ApiCaller, raw_body: bytes) -> dict:
+    """Anthropic's count_tokens: authenticated and checked like a message, but nothing reserved or billed."""
+    body, _ = parse_body(raw_body)
+    body.setdefault("max_tokens", 1)
+    await _admit(caller, body)
+    return {"input_tokens": estimate_input_tokens(body)}
+
+
+async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
+    """The workspace's chat models in Anthropic's list shape (Claude Code reads it for its model picker)."""
+    entries = [e for e in await catalogue.models_for(caller.workspace) if e.kind == "chat"]
+    ids = [e.slug for e in entries]
+    if after_id in ids:
+        entries = entries[ids.index(after_id) + 1 :]
+    elif before_id in ids:
+        entries = entries[: ids.index(before_id)]
+        entries = entries[-limit:]
+    page = entries[:limit]
+    data = [
+        {
+            "type": "model",
+            "id": e.slug,
+            "display_name": e.display_name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created)),
+        }
+        for e in page
+    ]
+    return {
+        "data": data,
+        "has_more": len(entries) > len(page),
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

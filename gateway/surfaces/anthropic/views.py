@@ -1,0 +1,128 @@
+"""/api/anthropic/v1 as DRF views: authenticate (x-api-key or Bearer), call one service, answer in
+Anthropic's shape. DRF's pipeline is gateway.core.api_view's; only the key's header, the error shape
+and the `request-id` header are this surface's own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from rest_framework.request import Request
+
+from apikeys.authentication import ApiKeyAuthentication
+from gateway.core.api_view import AsyncApiView
+from gateway.core.calls import CompletionStream, GatewayCall
+from gateway.core.finalizers import add_finalizer
+from gateway.core.streaming import EventStreamResponse
+from gateway.errors import ApiError
+from gateway.surfaces.anthropic import service
+from gateway.surfaces.anthropic.errors import error_response
+
+_MISSING_KEY = (
+    "x-api-key header is required: send your Writingmate developer key as x-api-key (ANTHROPIC_API_KEY) "
+    "or as Authorization: Bearer (ANTHROPIC_AUTH_TOKEN). Create one in Settings → API Keys."
+)
+
+
+class AnthropicKeyAuthentication(ApiKeyAuthentication):
+    """The developer key from x-api-key (ANTHROPIC_API_KEY) first, else Authorization: Bearer."""
+
+    missing_key_message = _MISSING_KEY
+
+    def presented_authorization(self, request: Request) -> str | None:
+        api_key = request.META.get("HTTP_X_API_KEY", "").strip()
+        if api_key:
+            return f"Bearer {api_key}"
+        return request.META.get("HTTP_AUTHORIZATION")
+
+
+class AnthropicView(AsyncApiView):
+    """This surface's views: its key header, Anthropic's error shape, `request-id` on every response."""
+
+    authentication_classes = [AnthropicKeyAuthentication]
+
+    def error_response(self, error: ApiError) -> HttpResponse:
+        return error_response(error, request_id=self.request._request.request_id)
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["request-id"] = request._request.request_id
+        return response
+
+
+def _json(payload: object, *, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(json.dumps(payload), content_type="application/json")
+    for header, value in (headers or {}).items():
+        response[header] = value
+    return response
+
+
+def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
+    add_finalizer(request, call.finish)
+    result = call.result
+    if isinstance(result, CompletionStream):
+        return EventStreamResponse(result.chunks, headers=result.headers)
+    response = HttpResponse(result.body, status=result.status, content_type="application/json")
+    for header, value in result.headers.items():
+        response[header] = value
+    return response
+
+
+def _note_model(request: HttpRequest) -> None:
+    """The model named in the body, for the access log and metrics (cheap: no full parse)."""
+    head = request.body[:512]
+    start = head.find(b'"model"')
+    if start != -1:
+        value = head[start + 7 :].lstrip(b" \t\r\n:").split(b'"', 2)
+        if len(value) > 1:
+            request.api_model = value[1].decode("utf-8", "replace")[:200]
+
+
+class MessagesView(AnthropicView):
+    endpoint = service.ENDPOINT
+    reserves_quota = True
+
+    async def post(self, request: Request) -> HttpResponseBase:
+        http_request = request._request
+        _note_model(http_request)
+        call = await service.create_message(
+            caller=self.caller,
+            raw_body=http_request.body,
+            headers=http_request.headers,
+            request_id=http_request.request_id,
+            idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
+        )
+        return _respond(http_request, call)
+
+
+class CountTokensView(AnthropicView):
+    endpoint = "messages.count_tokens"
+
+    async def post(self, request: Request) -> HttpResponseBase:
+        _note_model(request._request)
+        return _json(await service.count_tokens(caller=self.caller, raw_body=request._request.body))
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 20
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ApiError("limit: Input should be an integer between 1 and 1000", status=400, param="limit")
+    return int(raw)
+
+
+class ModelsView(AnthropicView):
+    endpoint = "models.list"
+
+    async def get(self, request: Request) -> HttpResponseBase:
+        page = await service.list_models(
+            caller=self.caller,
+            limit=_limit(request.query_params.get("limit")),
+            after_id=request.query_params.get("after_id"),
+            before_id=request.query_params.get("before_id"),
+        )
+        return _json(page)

@@ -1,0 +1,491 @@
+"""/api/anthropic/v1 through the official anthropic SDK against a live server and the fake upstream.
+
+Claude models go to the upstream's Messages API byte for byte; every other model is translated to chat
+completions and back. Responses and stream events are validated against the SDK's own types.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import pytest
+import requests
+from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
+from pydantic import TypeAdapter
+
+from accounts.models import Plan
+from billing.models import UsageEvent
+from gateway.models import CatalogueModel, ModelAlias
+from tests.support import make_user, wait_for_usage_events
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CLAUDE = "anthropic/claude-sonnet-4.5"
+GPT = "openai/gpt-5-mini"
+HELLO = [{"role": "user", "content": "Say hello"}]
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+}
+EVENT = TypeAdapter(RawMessageStreamEvent)
+
+
+@pytest.fixture
+def caller():
+    return make_user("dev@example.com", plan="unlimited")
+
+
+@pytest.fixture
+def base_url(live_server):
+    return f"{live_server.url}/api/anthropic"
+
+
+@pytest.fixture
+def client(base_url, fake_upstream, caller):
+    return anthropic.Anthropic(base_url=base_url, api_key=caller.key, max_retries=0, timeout=20)
+
+
+def _events(raw: bytes) -> list[dict]:
+    """The data of each SSE event, checked to carry its type in the `event:` line too."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "data" in lines:
+            data = json.loads(lines["data"])
+            assert lines.get("event") == data["type"]
+            events.append(data)
+    return events
+
+
+def _post(base_url: str, key: str, body: dict, **headers: str) -> requests.Response:
+    return requests.post(
+        f"{base_url}/v1/messages?beta=true",
+        data=json.dumps(body),
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json", **headers},
+        timeout=20,
+    )
+
+
+# ---- Claude: the upstream's Messages API, byte for byte ----------------------------------------------
+
+
+def test_a_claude_message_goes_upstream_as_sent_and_is_billed_with_cache_tokens(client, fake_upstream, caller):
+    message = client.messages.create(
+        model=CLAUDE,
+        max_tokens=256,
+        system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        messages=HELLO,
+        metadata={"user_id": "user-1"},
+    )
+
+    assert isinstance(message, Message)
+    assert message.content[0].text == "Hello from the fake upstream."
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (12, 4)
+    sent = fake_upstream.last_request
+    assert sent.path == "/api/v1/messages"
+    assert sent.json["model"] == CLAUDE and sent.json["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert sent.headers["authorization"] == "Bearer sk-or-server-key"
+    assert sent.headers["anthropic-version"] == anthropic.Anthropic(api_key="x").default_headers["anthropic-version"]
+    assert "x-api-key" not in sent.headers
+    [event] = wait_for_usage_events(1)
+    # prompt = input 12 + cache read 4 + cache creation 3; cached = cache read; completion = output.
+    assert (event.prompt_tokens, event.cached_tokens, event.completion_tokens) == (19, 4, 7)
+    assert event.endpoint == "messages" and event.model == CLAUDE and event.status == "succeeded"
+    assert not event.tokens_estimated and event.generation_id == message.id
+
+
+def test_the_body_reaches_the_upstream_byte_for_byte_except_the_model(base_url, fake_upstream, caller):
+    # Odd spacing, key order, escapes and number forms that a re-serialisation would change.
+    raw = (
+        '{"max_tokens":  64 ,"model":"claude-sonnet-4-5-20250929","messages":[{"role":"user","content":'
+        '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"}}'
+    )
+    response = requests.post(
+        f"{base_url}/v1/messages",
+        data=raw.encode(),
+        headers={"x-api-key": caller.key, "content-type": "application/json", "anthropic-beta": "a-2025,b-2026"},
+        timeout=20,
+    )
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.last_request
+    assert sent.body == (
+        b'{"max_tokens":  64 ,"model":"anthropic/claude-sonnet-4.5","messages":[{"role":"user","content":'
+        b'"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0}'
+    )
+    assert sent.headers["anthropic-beta"] == "a-2025,b-2026"
+    assert sent.headers["anthropic-version"] == "2023-06-01"  # the default when a client sends none
+    assert response.content == sent.sent
+    assert response.headers["request-id"].startswith("req_")
+
+
+def test_a_claude_stream_is_relayed_byte_for_byte_and_validates_as_sdk_events(base_url, fake_upstream, caller):
+    response = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == fake_upstream.last_request.sent
+    events = [EVENT.validate_python(e) for e in _events(response.content) if e["type"] != "ping"]
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
+    [line] = wait_for_usage_events(1)
+    assert (line.prompt_tokens, line.cached_tokens, line.completion_tokens) == (19, 4, 7)
+
+
+def test_sdk_stream_reassembles_text_and_reports_final_usage(client, fake_upstream):
+    with client.messages.stream(model=CLAUDE, max_tokens=64, messages=HELLO) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert "content_block_start" in kinds and "content_block_stop" in kinds
+    assert kinds.index("message_delta") > kinds.index("content_block_stop")
+    assert final.content[0].text == "Hello from the fake upstream."
+    assert final.usage.output_tokens == 7 and final.usage.cache_creation_input_tokens == 3
+
+
+def test_thinking_signatures_survive_the_next_turn(client, fake_upstream):
+    first = client.messages.create(
+        model=CLAUDE,
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=HELLO,
+    )
+    thinking = first.content[0]
+    assert thinking.type == "thinking" and thinking.signature == fake_upstream.sign_thinking(thinking.thinking)
+
+    second = client.messages.create(
+        model=CLAUDE,
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[
+            *HELLO,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": "Again"},
+        ],
+    )
+    assert second.content[-1].text == "Hello from the fake upstream."
+
+    tampered = {**thinking.model_dump(), "thinking": "something else"}
+    with pytest.raises(anthropic.BadRequestError, match="signature"):
+        client.messages.create(
+            model=CLAUDE,
+            max_tokens=2048,
+            messages=[*HELLO, {"role": "assistant", "content": [tampered]}, {"role": "user", "content": "Again"}],
+        )
+
+
+def test_a_claude_tool_round_trip_keeps_tool_ids(client, fake_upstream):
+    fake_upstream.messages_tool_call = ("get_weather", {"location": "Paris"})
+    first = client.messages.create(
+        model=CLAUDE, max_tokens=256, tools=[WEATHER], messages=[{"role": "user", "content": "Weather in Paris?"}]
+    )
+    [call] = [b for b in first.content if b.type == "tool_use"]
+    assert first.stop_reason == "tool_use" and call.input == {"location": "Paris"}
+
+    result = {
+        "type": "tool_result",
+        "tool_use_id": call.id,
+        "content": "18C and sunny",
+        "cache_control": {"type": "ephemeral"},
+    }
+    second = client.messages.create(
+        model=CLAUDE,
+        max_tokens=256,
+        tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": [result]},
+        ],
+    )
+    assert second.content[0].text == "The tool returned: 18C and sunny"
+    assert fake_upstream.last_request.json["messages"][1]["content"][0]["id"] == call.id
+
+
+# ---- every other model: translated to chat completions -----------------------------------------------
+
+
+def test_a_non_claude_model_is_translated_to_chat_and_back(client, fake_upstream):
+    message = client.messages.create(
+        model=GPT,
+        max_tokens=100,
+        system="Be brief.",
+        messages=HELLO,
+        stop_sequences=["END"],
+        metadata={"user_id": "user-1"},
+        extra_body={"temperature": 0.5, "top_k": 5},
+    )
+
+    assert message.content[0].text == "Hello from the fake upstream."
+    assert message.stop_reason == "end_turn" and message.model == GPT
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (8, 4, 7)
+    sent = fake_upstream.last_request
+    assert sent.path == "/api/v1/chat/completions"
+    assert sent.json["messages"] == [{"role": "system", "content": "Be brief."}, *HELLO]
+    assert sent.json["stop"] == ["END"] and sent.json["max_tokens"] == 100 and sent.json["top_k"] == 5
+    assert sent.json["user"] == "user-1"
+    [event] = wait_for_usage_events(1)
+    assert (event.prompt_tokens, event.cached_tokens, event.completion_tokens) == (12, 4, 7)
+    assert event.endpoint == "messages" and event.model == GPT
+
+
+def test_a_translated_stream_is_anthropics_exact_event_sequence(base_url, fake_upstream, caller):
+    body = {
+        "model": GPT,
+        "max_tokens": 2000,
+        "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": HELLO,
+    }
+    response = _post(base_url, caller.key, body)
+
+    assert response.status_code == 200
+    raw = _events(response.content)
+    for event in raw:
+        if event["type"] != "ping":  # a keep-alive the SDK skips; it has no type there
+            EVENT.validate_python(event)
+    kinds = [(e["type"], (e.get("content_block") or e.get("delta") or {}).get("type")) for e in raw]
+    assert kinds[:2] == [("message_start", None), ("ping", None)]
+    assert kinds[2:4] == [("content_block_start", "thinking"), ("content_block_delta", "thinking_delta")]
+    text_start = kinds.index(("content_block_start", "text"))
+    assert kinds[text_start - 1] == ("content_block_stop", None)
+    assert kinds[-3:] == [("content_block_stop", None), ("message_delta", None), ("message_stop", None)]
+    assert "".join(e["delta"].get("text", "") for e in raw if e["type"] == "content_block_delta") == (
+        "Hello from the fake upstream."
+    )
+    assert raw[-2]["delta"]["stop_reason"] == "end_turn" and raw[-2]["usage"]["output_tokens"] == 7
+    assert fake_upstream.last_request.json["reasoning"] == {"max_tokens": 1024}
+
+
+def test_translated_tools_round_trip_with_ids_kept(client, fake_upstream):
+    with client.messages.stream(
+        model=GPT, max_tokens=256, tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"}, messages=HELLO
+    ) as stream:
+        first = stream.get_final_message()
+    [call] = first.content
+    assert call.type == "tool_use" and call.input == {"location": "Paris", "unit": "celsius"}
+    assert first.stop_reason == "tool_use"
+    sent = fake_upstream.last_request.json
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["tools"][0]["function"]["parameters"] == WEATHER["input_schema"]
+
+    second = client.messages.create(
+        model=GPT,
+        max_tokens=256,
+        tools=[WEATHER],
+        messages=[
+            *HELLO,
+            {"role": "assistant", "content": [call.model_dump()]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": [{"type": "text", "text": "18C"}]}
+                ],
+            },
+        ],
+    )
+    assert second.content[0].text == "The tool returned: 18C"
+    chat = fake_upstream.last_request.json["messages"]
+    assert chat[1]["tool_calls"][0]["id"] == call.id
+    assert chat[2] == {"role": "tool", "tool_call_id": call.id, "content": "18C"}
+
+
+def test_translated_thinking_comes_back_as_a_thinking_block(client, fake_upstream):
+    message = client.messages.create(
+        model=GPT,
+        max_tokens=2000,
+        thinking={"type": "adaptive"},
+        messages=HELLO,
+        output_config={"effort": "high"},
+    )
+    assert message.content[0].type == "thinking" and message.content[0].thinking == "Let me think about that."
+    assert fake_upstream.last_request.json["reasoning"] == {"effort": "high"}
+
+
+def test_claude_codes_default_request_is_accepted_for_a_translated_model(base_url, fake_upstream, caller):
+    """What Claude Code sends with its default model: system messages inside `messages`, betas, cache breakpoints."""
+    body = {
+        "model": GPT,
+        "max_tokens": 128000,
+        "stream": True,
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "medium"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "metadata": {"user_id": "user_abc_account__session_1"},
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [
+            {**WEATHER, "defer_loading": True, "cache_control": {"type": "ephemeral"}},
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+        ],
+        "messages": [
+            {"role": "system", "content": "Extra instructions."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                ],
+            },
+        ],
+    }
+    response = _post(
+        base_url,
+        caller.key,
+        body,
+        **{"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"},
+    )
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.last_request.json
+    assert [m["role"] for m in sent["messages"]] == ["system", "system", "user"]
+    assert sent["messages"][2]["content"][1] == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+    }
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+    assert "context_management" not in sent and "output_config" not in sent
+
+
+# ---- models, aliases and plans -----------------------------------------------------------------------
+
+
+def test_anthropic_ids_and_claude_codes_defaults_resolve_through_aliases(client, fake_upstream):
+    for model in ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "claude-opus-5-5", "claude-haiku-5-5"):
+        client.messages.create(model=model, max_tokens=16, messages=HELLO)
+        assert fake_upstream.last_request.json["model"] == CLAUDE
+
+
+def test_a_default_the_plan_lacks_falls_back_to_a_model_it_allows(base_url, fake_upstream):
+    free = make_user("free@example.com", plan="free")
+    client = anthropic.Anthropic(base_url=base_url, api_key=free.key, max_retries=0)
+
+    message = client.messages.create(model="claude-opus-5-5", max_tokens=16, messages=HELLO)
+    assert message.model == GPT
+    assert fake_upstream.last_request.path == "/api/v1/chat/completions"
+
+    with pytest.raises(anthropic.PermissionDeniedError, match="claude-sonnet-4-5"):
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=HELLO)
+
+
+def test_an_alias_staff_change_takes_effect(client, fake_upstream):
+    alias = ModelAlias.objects.get(alias="claude-haiku-5-5")
+    alias.target = CatalogueModel.objects.get(slug="google/gemini-2.5-flash")
+    alias.save()
+    from gateway.surfaces.anthropic.models import forget_aliases
+
+    forget_aliases()  # what the reload interval does on its own
+    client.messages.create(model="claude-haiku-5-5", max_tokens=16, messages=HELLO)
+    assert fake_upstream.last_request.json["model"] == "google/gemini-2.5-flash"
+
+
+def test_an_unknown_model_is_a_not_found_error_naming_it(client, fake_upstream):
+    with pytest.raises(anthropic.NotFoundError, match="claude-nonexistent-9") as raised:
+        client.messages.create(model="claude-nonexistent-9", max_tokens=16, messages=HELLO)
+    assert raised.value.body["type"] == "error" and raised.value.body["error"]["type"] == "not_found_error"
+    assert fake_upstream.requests == []
+
+
+def test_models_are_listed_in_anthropics_shape(client, fake_upstream):
+    page = client.models.list(limit=2)
+    assert [m.type for m in page.data] == ["model", "model"] and page.has_more
+    ids = [m.id for m in client.models.list()]
+    assert CLAUDE in ids and GPT in ids and "openai/whisper-1" not in ids
+
+
+# ---- authentication and errors -----------------------------------------------------------------------
+
+
+def test_the_key_works_as_x_api_key_and_as_bearer(base_url, fake_upstream, caller):
+    by_header = anthropic.Anthropic(base_url=base_url, api_key=caller.key, max_retries=0)
+    by_token = anthropic.Anthropic(base_url=base_url, auth_token=caller.key, max_retries=0)
+
+    for client in (by_header, by_token):
+        assert client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO).content
+    assert len(wait_for_usage_events(2)) == 2
+
+
+def test_a_bad_key_is_an_authentication_error_in_anthropics_shape(base_url, fake_upstream):
+    client = anthropic.Anthropic(base_url=base_url, api_key="wmk_" + "x" * 40, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as raised:
+        client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert raised.value.body["error"]["type"] == "authentication_error"
+    assert raised.value.response.headers["request-id"].startswith("req_")
+
+    missing = requests.post(f"{base_url}/v1/messages", json={"model": CLAUDE}, timeout=10)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    assert "error" in missing.json() and missing.json()["type"] == "error"
+    assert fake_upstream.requests == []
+
+
+def test_bad_input_is_an_invalid_request_error(base_url, fake_upstream, caller):
+    broken = requests.post(f"{base_url}/v1/messages", data=b"{not json", headers={"x-api-key": caller.key}, timeout=10)
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+
+    unknown = requests.get(f"{base_url}/v1/batches", headers={"x-api-key": caller.key}, timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+
+    routed = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 5, "messages": HELLO, "models": ["x/y"]})
+    assert routed.status_code == 400 and routed.json()["error"]["type"] == "invalid_request_error"
+    assert fake_upstream.requests == []
+
+
+def test_upstream_failures_keep_anthropics_shape(client, fake_upstream):
+    fake_upstream.fail_next("429", endpoint="/messages")
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert raised.value.response.headers["retry-after"] == "1"
+
+    fake_upstream.fail_next("500", times=2, endpoint="/messages")
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert failed.value.body["error"]["type"] == "api_error"
+
+
+def test_an_error_after_the_first_byte_is_an_error_event(client, fake_upstream):
+    fake_upstream.fail_next("drop_mid_stream", endpoint="/chat/completions")
+    with pytest.raises(anthropic.APIStatusError, match=r"closed the stream|dropped"):
+        with client.messages.stream(model=GPT, max_tokens=16, messages=HELLO) as stream:
+            for _ in stream:
+                pass
+    [line] = wait_for_usage_events(1)
+    assert line.status == "failed"
+
+
+def test_the_plans_daily_limit_is_a_rate_limit_error(base_url, fake_upstream):
+    Plan.objects.filter(slug="free").update(daily_message_limit=1)
+    free = make_user("free@example.com", plan="free")
+    client = anthropic.Anthropic(base_url=base_url, api_key=free.key, max_retries=0)
+    client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    wait_for_usage_events(1)
+
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    assert raised.value.body["error"]["type"] == "rate_limit_error"
+    assert int(raised.value.response.headers["retry-after"]) > 0
+    assert len(fake_upstream.requests_to("/chat/completions")) == 1
+
+
+# ---- count_tokens, Idempotency-Key ----------------------------------------------------------------------
+
+
+def test_count_tokens_counts_without_reserving_or_billing(client, fake_upstream):
+    counted = client.messages.count_tokens(model=CLAUDE, messages=HELLO, system="Be brief.", tools=[WEATHER])
+    assert isinstance(counted, MessageTokensCount) and counted.input_tokens > 5
+    assert fake_upstream.requests == []
+    assert not UsageEvent.objects.exists()
+
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="claude-nonexistent-9", messages=HELLO)
+
+
+def test_an_idempotency_key_replays_the_first_answer(base_url, fake_upstream, caller):
+    body = {"model": CLAUDE, "max_tokens": 16, "messages": HELLO}
+    first = _post(base_url, caller.key, body, **{"Idempotency-Key": "abc-1"})
+    again = _post(base_url, caller.key, body, **{"Idempotency-Key": "abc-1"})
+
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert len(fake_upstream.requests_to("/messages")) == 1
