@@ -21,7 +21,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	@echo "Serving the site and the API on http://$(HOST):$(PORT) (Ctrl-C to stop)"
-	$(BIN)/uvicorn writingmate.asgi:application --host $(HOST) --port $(PORT) --loop uvloop --http httptools
+	$(BIN)/uvicorn writingmate.asgi:application --host $(HOST) --port $(PORT) --loop uvloop --http httptools --timeout-keep-alive 120
 
 test: install-dev
 	$(BIN)/pytest -q $(PYTEST_ARGS)

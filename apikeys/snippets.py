@@ -144,7 +144,23 @@ def setup_snippets(*, origin: str, key: str | None = None) -> tuple[Snippet, ...
             "Claude Code",
             "shell",
             f"export ANTHROPIC_BASE_URL={anthropic_base}\nexport ANTHROPIC_API_KEY={secret}\n\nclaude\n",
-            f"Claude Code speaks Anthropic's Messages API; pick another model of your plan with "
-            f"`claude --model {CLAUDE_MODEL}`.",
+            f"Claude Code speaks Anthropic's Messages API; its default models answer as the closest model of "
+            f"your plan. Pick one with `claude --model {CLAUDE_MODEL}` (or any model of your plan). "
+            "ANTHROPIC_AUTH_TOKEN works in place of ANTHROPIC_API_KEY.",
+        ),
+        Snippet(
+            "anthropic-python",
+            "Python (anthropic SDK)",
+            "python",
+            "import os\n\n"
+            "from anthropic import Anthropic\n\n"
+            f'client = Anthropic(base_url="{anthropic_base}", api_key=os.environ["{KEY_VARIABLE}"])\n'
+            "message = client.messages.create(\n"
+            f'    model="{CLAUDE_MODEL}",\n'
+            "    max_tokens=1024,\n"
+            '    messages=[{"role": "user", "content": "Say hello from Writingmate."}],\n'
+            ")\n"
+            "print(message.content[0].text)\n",
+            "pip install anthropic. Every model of your plan works here, not only Claude.",
         ),
     )

@@ -336,9 +336,8 @@ class DailyKeyModelCountAdmin(NamesAndTotals):
         "user_email",
         "key_name",
         "model",
-        "count",
-        "requests",
-        "failed_requests",
+        "messages",
+        "requests_and_failed",
         "tokens",
         "refused",
     )
@@ -372,11 +371,19 @@ class DailyKeyModelCountAdmin(NamesAndTotals):
         )
         return [(label, refused if label.startswith("Refused") else value) for label, value in figures]
 
+    @admin.display(description="messages", ordering="count")
+    def messages(self, obj: DailyKeyModelCount) -> str:
+        return f"{obj.count} (+{obj.byok_count} BYOK)" if obj.byok_count else str(obj.count)
+
+    @admin.display(description="requests (failed)", ordering="requests")
+    def requests_and_failed(self, obj: DailyKeyModelCount) -> str:
+        return f"{obj.requests} ({obj.failed_requests})" if obj.failed_requests else str(obj.requests)
+
     @admin.display(description="tokens in / out")
     def tokens(self, obj: DailyKeyModelCount) -> str:
         return f"{obj.input_tokens} / {obj.output_tokens}"
 
-    @admin.display(description="refused (key, day)", ordering="refused_requests")
+    @admin.display(description="refused", ordering="refused_requests")
     def refused(self, obj: DailyKeyModelCount) -> str:
         if obj.key_id is None:
             return "—"

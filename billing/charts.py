@@ -13,7 +13,9 @@ HEIGHT = 220
 _LEFT = 40
 _RIGHT = 8
 _TOP = 12
-_BOTTOM = 28
+_BOTTOM = 30
+# 13 user units: at the narrowest the chart is drawn (34rem, below which it scrolls) that is ~10 px.
+_FONT_SIZE = 13
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class BarChart:
     bars: tuple[Bar, ...]
     gridlines: tuple[Gridline, ...]
     total: int
+    font_size: int
 
 
 def _nice_ceiling(value: int) -> int:
@@ -65,12 +68,16 @@ def bar_chart(*, days: Sequence[DayUsage]) -> BarChart:
     plot_height = HEIGHT - _TOP - _BOTTOM
     plot_bottom = HEIGHT - _BOTTOM
     slot = (WIDTH - _LEFT - _RIGHT) / max(1, len(days))
+    # About six labels whatever the span: 7 days label each day, 90 days every 15th.
+    every = max(1, -(-len(days) // 6))
     bars = []
     for index, day in enumerate(days):
         height = plot_height * day.messages / top
         byok_height = plot_height * day.byok_messages / top
         last = index == len(days) - 1
-        label = f"{day.day:%b} {day.day.day}" if (index % 5 == 0 and index < len(days) - 3) or last else ""
+        label = (
+            f"{day.day:%b} {day.day.day}" if (index % every == 0 and index < len(days) - every // 2 - 1) or last else ""
+        )
         x = _LEFT + index * slot + slot * 0.15
         bars.append(
             Bar(
@@ -99,4 +106,5 @@ def bar_chart(*, days: Sequence[DayUsage]) -> BarChart:
         bars=tuple(bars),
         gridlines=gridlines,
         total=sum(d.messages for d in days),
+        font_size=_FONT_SIZE,
     )

@@ -1,22 +1,56 @@
-"""The usage page in settings."""
+"""The usage page in settings, and its CSV export."""
 
 from __future__ import annotations
 
+import csv
 from typing import Any
 
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import Http404
+from django.http import Http404, HttpResponse, HttpResponseBase
 from django.views.generic import TemplateView
 
 from billing import selectors
 from billing.charts import bar_chart
+from billing.forms import PRESETS, UsageFilterForm
+from billing.quotas import billing_day
 
 
 class UsageDetailView(LoginRequiredMixin, TemplateView):
     template_name = "billing/usage.html"
 
-    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        summary = selectors.find_usage_summary(user=self.request.user)
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        form = UsageFilterForm(request.GET or None, today=billing_day())
+        summary = selectors.find_usage_summary(
+            user=request.user, workspace_id=form.workspace_id() if form.is_bound else None, span=form.usage_range()
+        )
         if summary is None:
-            raise Http404("You are not a member of a workspace.")
-        return {**super().get_context_data(**kwargs), "summary": summary, "chart": bar_chart(days=summary.days)}
+            raise Http404("You are not a member of that workspace.")
+        if request.GET.get("format") == "csv":
+            return usage_csv(summary)
+        context = self.get_context_data(form=form, summary=summary, chart=bar_chart(days=summary.days), presets=PRESETS)
+        return self.render_to_response(context)
+
+
+def tokens(row: selectors.BreakdownRow) -> tuple[int, int]:
+    return row.input_tokens, row.output_tokens
+
+
+def usage_csv(summary: selectors.UsageSummary) -> HttpResponse:
+    """What the page shows, as one CSV: by day and model, by key, and the refusals, one `table` each."""
+    span = summary.span
+    response = HttpResponse(content_type="text/csv")
+    response["Content-Disposition"] = (
+        f'attachment; filename="usage-{summary.workspace.workspace_id}-{span.first:%Y%m%d}-{span.last:%Y%m%d}.csv"'
+    )
+    writer = csv.writer(response)
+    figures = ["requests", "failed", "messages", "byok_messages", "input_tokens", "output_tokens"]
+    writer.writerow(["table", "day", "model", "key", "status", "code", "refused", *figures])
+    for row in summary.by_day_model:
+        writer.writerow(["by_day_and_model", row.day, row.model, "", "", "", "", *(getattr(row, f) for f in figures)])
+    for row in summary.by_key:
+        writer.writerow(
+            ["by_key", "", "", row.label, "", "", "", row.requests, "", row.messages, row.byok_messages, *tokens(row)]
+        )
+    for refusal in summary.refusals:
+        writer.writerow(["refused", "", "", "", refusal.status, refusal.code, refusal.count, "", "", "", "", ""])
+    return response

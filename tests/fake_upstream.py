@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,16 @@ class _Failure:
     endpoint: str | None
 
 
+@dataclass(frozen=True)
+class FakeReply:
+    """What `FakeUpstream.respond_with` may answer a chat request with (None: the default behaviour)."""
+
+    text: str | None = None
+    tool: tuple[str, str] | None = None  # (function name, JSON arguments)
+    usage: dict[str, Any] | None = None
+    reasoning: str | None = None  # streamed as `reasoning` deltas before the answer, as OpenRouter does
+
+
 @dataclass
 class _Plan:
     """What one generating request will send back, decided before the first byte."""
@@ -179,7 +189,8 @@ class FakeUpstream:
     Every knob is a plain attribute that tests may change between requests: `reply_text`, `usage`,
     `latency_ms`, `chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
     `always_send_usage`, `hang_seconds`, `models`, `generation_stats`, `transcript_text`,
-    `transcription_usage`. `fail_next(kind)` queues a failure.
+    `transcription_usage`, `respond_with` (a function of the chat request body returning a
+    `FakeReply` or None, for scripted conversations). `fail_next(kind)` queues a failure.
     """
 
     def __init__(
@@ -208,6 +219,7 @@ class FakeUpstream:
         self.generation_stats: dict[str, dict[str, Any]] = {}
         self.transcript_text = DEFAULT_TRANSCRIPT
         self.transcription_usage: dict[str, Any] | None = None
+        self.respond_with: Callable[[dict[str, Any]], FakeReply | None] | None = None
         # Chat completions: the reasoning sent back when a request asks for `reasoning` (OpenRouter's field).
         self.reasoning_text = "Let me think about that."
         # Anthropic's Messages API (POST /messages, what OpenRouter serves for Claude models).
@@ -520,6 +532,13 @@ class FakeUpstream:
                 name = _chosen_function(body)
                 if name:
                     tool, text = (name, self.tool_arguments), None
+        reasoning = self.reasoning_text if kind == "chat" and body.get("reasoning") else None
+        reply = self.respond_with(body) if kind == "chat" and self.respond_with is not None else None
+        if reply is not None:
+            text, tool = reply.text, reply.tool
+            reasoning = reply.reasoning if reply.reasoning is not None else reasoning
+            if reply.usage is not None and failure != "absurd_usage":
+                usage = reply.usage
         return _Plan(
             gen_id=self._new_id(),
             model=model,
@@ -528,7 +547,7 @@ class FakeUpstream:
             tool=tool,
             usage=usage,
             include_usage=include_usage,
-            reasoning=self.reasoning_text if kind == "chat" and body.get("reasoning") else None,
+            reasoning=reasoning,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:

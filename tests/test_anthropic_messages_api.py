@@ -489,3 +489,17 @@ def test_an_idempotency_key_replays_the_first_answer(base_url, fake_upstream, ca
     assert first.status_code == again.status_code == 200
     assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
     assert len(fake_upstream.requests_to("/messages")) == 1
+
+
+def test_the_offline_demo_models_answer_here_too(base_url, caller, settings):
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.DEMO_STREAM_DELAY_SECONDS = 0
+    settings.OPENROUTER_API_KEY = ""
+    client = anthropic.Anthropic(base_url=base_url, api_key=caller.key, max_retries=0)
+
+    assert client.messages.create(model="demo/echo", max_tokens=64, messages=HELLO).content[0].text == "Echo: Say hello"
+    with client.messages.stream(model="demo/echo", max_tokens=64, messages=HELLO) as stream:
+        assert "".join(stream.text_stream) == "Echo: Say hello"
+        assert stream.get_final_message().usage.output_tokens > 0
+    lines = wait_for_usage_events(2)
+    assert all(not line.tokens_estimated or line.completion_tokens > 0 for line in lines)

@@ -35,7 +35,7 @@ SNIPPET_RE = re.compile(
     r'<pre class="snippet__code"[^>]*><code id="snippet-(?P<slug>[\w-]+)-code"[^>]*>(?P<text>.*?)</code></pre>', re.S
 )
 KEY_RE = re.compile(r"wmk_[0-9A-Za-z]{49}")
-ALL_SETUPS = {"env", "curl", "python", "node", "opencode", "aider", "llm", "codex", "claude-code"}
+ALL_SETUPS = {"env", "curl", "python", "node", "opencode", "aider", "llm", "codex", "claude-code", "anthropic-python"}
 
 
 def snippets_in(page: str) -> dict[str, str]:
@@ -89,11 +89,12 @@ def test_the_reveal_gives_every_setup_for_this_server_with_a_copy_button_each(si
     assert snippets["claude-code"].startswith(
         f"export ANTHROPIC_BASE_URL=http://gw.example.test:8443/api/anthropic\nexport ANTHROPIC_API_KEY={key}\n"
     )
+    assert 'Anthropic(base_url="http://gw.example.test:8443/api/anthropic"' in snippets["anthropic-python"]
     # Only lines that set a variable carry the key; config files name a variable instead.
     for slug, text in snippets.items():
         for line in text.splitlines():
             assert key not in line or line.startswith("export "), (slug, line)
-    for slug in ("opencode", "llm", "codex", "curl", "python", "node"):
+    for slug in ("opencode", "llm", "codex", "curl", "python", "node", "anthropic-python"):
         assert key not in snippets[slug]
 
 

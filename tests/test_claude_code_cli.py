@@ -147,3 +147,26 @@ def test_claude_code_uses_one_of_its_tools(claude_code, live_server, fake_upstre
     assert tool_use["name"] == "Read" and tool_result["tool_use_id"] == tool_use["id"]
     assert blackhole.seen == []
     assert os.path.exists(note)
+
+
+def test_claude_code_runs_on_a_translated_model_offline(
+    claude_code, live_server, caller, tmp_path, blackhole, settings
+):
+    """`make run`'s demo provider speaks chat completions: Claude Code's whole request goes through the translation."""
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.DEMO_STREAM_DELAY_SECONDS = 0
+    settings.OPENROUTER_API_KEY = ""
+
+    result = _run_claude(
+        claude_code,
+        base_url=f"{live_server.url}/api/anthropic",
+        key=caller.key,
+        home=tmp_path,
+        proxy=blackhole.port,
+        args=["Say hello", "--model", "demo/echo"],
+    )
+
+    assert result["result"].startswith("Echo: ") and "Say hello" in result["result"]
+    lines = wait_for_usage_events(1)
+    assert {(line.endpoint, line.model, line.status) for line in lines} == {("messages", "demo/echo", "succeeded")}
+    assert blackhole.seen == []

@@ -224,14 +224,24 @@ def test_hostile_uploads_to_audio_transcriptions(live_server, caller, fake_upstr
     assert UsageEvent.objects.count() == 0
 
 
-def test_responses_refuses_server_side_state_and_bad_input(live_server, caller, fake_upstream):
+def test_responses_refuses_unknown_or_unsupported_state_and_bad_input(live_server, caller, fake_upstream):
     url = f"{live_server.v1_base}/responses"
     previous = requests.post(
         url, json={"model": MODEL, "input": "hi", "previous_response_id": "resp_123"}, headers=auth(caller.key)
     )
+    conversation = requests.post(
+        url, json={"model": MODEL, "input": "hi", "conversation": "conv_123"}, headers=auth(caller.key)
+    )
     bad_input = requests.post(url, json={"model": MODEL, "input": 5}, headers=auth(caller.key))
 
-    assert_openai_error(previous, status=400, code="unsupported_parameter", param="previous_response_id")
+    assert_openai_error(
+        previous,
+        status=404,
+        code="previous_response_not_found",
+        param="previous_response_id",
+        message_contains="resp_123",
+    )
+    assert_openai_error(conversation, status=400, code="unsupported_parameter", param="conversation")
     assert_openai_error(bad_input, status=400, code="invalid_type", param="input")
     assert_nothing_recorded(fake_upstream)
 

@@ -12,13 +12,11 @@ import requests
 
 from billing.models import UsageEvent
 from gateway.errors import ApiError
-from gateway.surfaces.openai.responses_api import (
-    ResponseEventStream,
-    chat_request_from_responses,
-    response_from_chat,
-    sse_frame,
-)
+from gateway.surfaces.openai.responses.events import ResponseEventStream, sse_frame
+from gateway.surfaces.openai.responses.output import response_from_chat
+from gateway.surfaces.openai.responses.request import chat_request_from_responses
 from tests.openapi_schemas import assert_conforms
+from tests.sdk_schemas import assert_sdk_conforms
 from tests.support import make_user, wait_for_usage_events
 
 # ---- request translation ------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def test_function_tools_tool_choice_and_text_format_are_translated() -> None:
         "json_schema": {"name": "answer", "schema": schema, "strict": True},
     }
     assert chat["user"] == "u-1"
-    assert chat["reasoning_effort"] == "low"
+    assert chat["reasoning"] == {"effort": "low"}
     assert chat["stream"] is True
     assert "metadata" not in chat
     assert translated.echo["metadata"] == {"ticket": "42"}
@@ -194,17 +192,20 @@ def test_tool_choice_and_parallel_calls_are_not_sent_without_tools() -> None:
         ),
         ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
         ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}, "tools[1].type"),
-        ({"input": "x", "tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type"),
         ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
         ({"input": "x", "tools": [{"type": "function", "name": "get weather"}]}, "tools[0].name"),
-        ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice.type"),
+        ({"input": "x", "tools": [{"type": "file_search"}], "tool_choice": {"type": "file_search"}}, "tool_choice"),
+        ({"input": "x", "tools": [{"type": "banana"}]}, "tools[0].type"),
+        (
+            {"input": "x", "tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "mcp"}]}]},
+            "tools[0].tools[0].type",
+        ),
+        ({"input": "x", "tool_choice": {"type": "custom", "name": "apply_patch"}}, "tool_choice"),
+        ({"input": [{"type": "compaction_trigger"}, {"role": "user", "content": "a"}]}, "input[0].type"),
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "previous_response_id": "resp_123"}, "previous_response_id"),
         ({"input": "x", "conversation": "conv_1"}, "conversation"),
         ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
-        ({"input": "x", "truncation": "auto"}, "truncation"),
         ({"input": "x", "max_output_tokens": 5}, "max_output_tokens"),
         ({"input": "x", "max_output_tokens": "many"}, "max_output_tokens"),
         ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type"),
@@ -249,9 +250,11 @@ def _completion(message: dict, finish_reason: str = "stop", usage: dict | None =
 
 def _response(completion: dict, **request: object) -> dict:
     translated = chat_request_from_responses({"model": "demo/echo", "input": "hi", **request})
-    return response_from_chat(
+    response = response_from_chat(
         completion, response_id="resp_1", created_at=100, completed_at=101, model="demo/echo", echo=translated.echo
     )
+    assert_sdk_conforms("Response", response)
+    return response
 
 
 def test_a_text_completion_becomes_a_completed_response_that_matches_the_spec() -> None:
@@ -313,11 +316,12 @@ def test_a_length_stop_is_an_incomplete_response() -> None:
     assert response["completed_at"] is None
 
 
-def test_a_completion_without_usage_has_no_usage_key() -> None:
+def test_a_completion_without_usage_still_has_every_usage_detail() -> None:
     response = _response(_completion({"role": "assistant", "content": ""}, usage=None))
 
     assert_conforms("Response", response)
-    assert "usage" not in response
+    assert response["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+    assert response["usage"]["input_tokens_details"]["cached_tokens"] == 0
     assert response["output"][0]["content"][0]["text"] == ""
 
 
@@ -344,6 +348,7 @@ def _stream(chunks: list[dict], *, end: str = "finish", **request: object) -> li
         events.extend(stream.feed(chunk))
     events.extend(stream.finish(completed_at=101) if end == "finish" else stream.fail("boom"))
     for event in events:
+        assert_sdk_conforms("ResponseStreamEvent", event)
         assert_conforms("ResponseStreamEvent", event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events
@@ -461,19 +466,19 @@ def test_visible_reasoning_becomes_a_reasoning_item_before_the_message() -> None
         "response.created",
         "response.in_progress",
         "response.output_item.added",
-        "response.content_part.added",
-        "response.reasoning_text.delta",
-        "response.reasoning_text.delta",
-        "response.reasoning_text.done",
-        "response.content_part.done",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
         "response.output_item.done",
         *TEXT_SEQUENCE[2:4],
         "response.output_text.delta",
         *TEXT_SEQUENCE[6:],
     ]
     reasoning, message = events[-1]["response"]["output"]
-    assert reasoning["type"] == "reasoning" and reasoning["content"] == [
-        {"type": "reasoning_text", "text": "Thinking hard."}
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == [
+        {"type": "summary_text", "text": "Thinking hard."}
     ]
     assert message["content"][0]["text"] == "Hi"
 
@@ -785,11 +790,7 @@ def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client
             {"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"type": "banana"}]},
             "input[2].type",
         ),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
-        (
-            {"input": "x", "tools": [WEATHER_TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]},
-            "tools[1].type",
-        ),
+        ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": "x", "background": True}, "background"),
     ]
     for extra, param in cases:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import openai
@@ -13,6 +14,7 @@ import pydantic
 import pytest
 import requests
 from django.conf import settings as django_settings
+from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -20,6 +22,7 @@ from openai.types.responses import Response, ResponseItem
 
 from accounts.models import User
 from gateway.models import StoredResponse, StoredResponseItem
+from gateway.surfaces.openai import stored_responses
 from gateway.tasks import purge_stored_responses_task
 from tests.fault_support import assert_openai_error, gateway_env, running_gateway
 from tests.openapi_schemas import assert_conforms
@@ -422,6 +425,32 @@ def test_a_response_above_the_size_cap_is_a_clear_400(client, fake_upstream, set
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model=MODEL, input="z" * 2500, previous_response_id=first.id)
     assert raised.value.body["param"] == "previous_response_id"
+
+
+@live
+def test_concurrent_responses_sharing_a_commit_are_each_stored(client, caller):
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        created = list(pool.map(lambda n: client.responses.create(model=MODEL, input=f"Hello {n}"), range(24)))
+
+    for response in created:
+        assert client.responses.retrieve(response.id).output_text == REPLY
+    assert StoredResponse.objects.count() == 24
+
+
+@live
+def test_a_response_the_database_refuses_to_store_says_store_false(client, monkeypatch):
+    def refuse(rows, index) -> None:
+        raise DatabaseError("disk full")
+
+    monkeypatch.setattr(stored_responses, "_save", refuse)
+    created = client.responses.create(model=MODEL, input="Say hello")
+    streamed = list(client.responses.create(model=MODEL, input="Say hello", stream=True))
+    monkeypatch.undo()
+
+    assert created.output_text == REPLY and created.store is False  # told, not misled
+    assert streamed[-1].type == "response.completed" and streamed[-1].response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
 
 
 @live

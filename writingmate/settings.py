@@ -175,6 +175,9 @@ UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS = env.float("UPSTREAM_FIRST_BYTE_TIMEOUT_SEC
 UPSTREAM_CHUNK_TIMEOUT_SECONDS = env.float("UPSTREAM_CHUNK_TIMEOUT_SECONDS", default=60.0)
 UPSTREAM_RETRY_BACKOFF_SECONDS = env.float("UPSTREAM_RETRY_BACKOFF_SECONDS", default=0.25)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=1000)
+# While an upstream is silent (a reasoning model thinking), streams send an SSE comment this often so
+# proxies and clients with idle timeouts keep them open. 0 turns the comments off.
+STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
 
 # --- API limits ---------------------------------------------------------------------------------
 API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=4 * 1024 * 1024)

@@ -16,12 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from gateway import metrics
 from gateway.providers.base import ProviderError, UpstreamResponse
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEARTBEAT = b": keep-alive\n\n"
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _ERROR_KEY = re.compile(rb'"error"\s*:\s*[{"]')
 
@@ -93,6 +95,37 @@ def _without_usage(event: dict) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
+async def with_heartbeats(chunks: AsyncIterator[bytes], *, interval: float) -> AsyncIterator[bytes | None]:
+    """The upstream's chunks, and None each time it stays silent for `interval` seconds.
+
+    The pending read is never cancelled by the wait (that would end the upstream's iterator); it is
+    only cancelled when the caller stops early.
+    """
+    if interval <= 0:
+        async for chunk in chunks:
+            yield chunk
+        return
+    iterator = aiter(chunks)
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait((pending,), timeout=interval)
+            if not done:
+                yield None
+                continue
+            read, pending = pending, None
+            try:
+                chunk = read.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 async def relay_events(
     upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
 ) -> AsyncIterator[bytes]:
@@ -100,7 +133,10 @@ async def relay_events(
     finished = False
     metrics.stream_opened()
     try:
-        async for chunk in upstream.chunks:
+        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
+            if chunk is None:
+                yield HEARTBEAT  # between events: the buffer only ever holds an unfinished one
+                continue
             buffer += chunk
             start = 0
             # Events that arrived together leave together: one send per upstream read, not per event.

@@ -89,9 +89,19 @@ def _upstream_error_message(error: object) -> str:
 # ---- Claude: byte for byte ---------------------------------------------------------------------
 
 
+def _complete_part(buffer: bytes) -> int:
+    """Where the last whole event in `buffer` ends (0 if none has ended yet)."""
+    lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+
+
 async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncIterator[bytes]:
-    """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off."""
-    events = _Events()
+    """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off.
+
+    Only chunks that can hold a message_* or error event are split into events and read: the deltas
+    in between (most of a stream) cost two substring searches each.
+    """
+    pending = b""
     finished = False
     metrics.stream_opened()
     try:
@@ -100,8 +110,12 @@ async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesO
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = time.monotonic()
             outcome.delivered.append(chunk)
-            for event in events.feed(chunk):
-                finished = _note_event(event, outcome) or finished
+            buffer = pending + chunk if pending else chunk
+            end = _complete_part(buffer)
+            pending = buffer[end:]
+            if end and (b"message_" in buffer or b'"error"' in buffer):
+                for event in _Events().feed(buffer[:end]):
+                    finished = _note_event(event, outcome) or finished
             yield chunk
             if finished:
                 return
@@ -212,8 +226,21 @@ class ChatStreamTranslator:
             "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
         )
 
-    def _delta(self, delta: dict) -> bytes:
-        return sse("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+    def _delta(self, kind: str, key: str, text: str) -> bytes:
+        # The hot event of a stream, built without a dict: only the text needs JSON encoding.
+        return b"".join(
+            (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
+                str(self.index).encode(),
+                b',"delta":{"type":"',
+                kind.encode(),
+                b'","',
+                key.encode(),
+                b'":',
+                json.dumps(text).encode(),
+                b"}}\n\n",
+            )
+        )
 
     def feed(self, chunk: dict) -> bytes:
         out = b""
@@ -226,13 +253,13 @@ class ChatStreamTranslator:
             if thinking := reasoning_text(delta):
                 if self.open != "thinking":
                     out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-                out += self._delta({"type": "thinking_delta", "thinking": thinking})
+                out += self._delta("thinking_delta", "thinking", thinking)
                 self.outcome.text.append(thinking)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 if self.open != "text":
                     out += self._open("text", {"type": "text", "text": ""})
-                out += self._delta({"type": "text_delta", "text": content})
+                out += self._delta("text_delta", "text", content)
                 self.outcome.text.append(content)
             for call in delta.get("tool_calls") or []:
                 out += self._tool_call(call)
@@ -255,7 +282,7 @@ class ChatStreamTranslator:
             self.saw_tool_call = True
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            out += self._delta({"type": "input_json_delta", "partial_json": arguments})
+            out += self._delta("input_json_delta", "partial_json", arguments)
             self.outcome.text.append(arguments)
         return out
 

@@ -10,15 +10,17 @@ has it. Every read is scoped to the caller's workspace; anything else is the 404
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import secrets
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -33,6 +35,7 @@ _INPUT_PARAM = re.compile(r"^input\[(\d+)\]")
 _LIST_LIMIT_MAX = 100
 _LIST_LIMIT_DEFAULT = 20
 _PURGE_BATCH = 1000
+_MAX_KEEP_BATCH = 200
 # Prefixes of the ids we give input items that came without one, by item type (OpenAI's spelling).
 _ID_PREFIXES = {
     "message": "msg",
@@ -262,6 +265,10 @@ async def plan_storage(*, caller: ApiCaller, body: dict) -> StoragePlan:
             param="previous_response_id",
             code="invalid_type",
         )
+    if not isinstance(body.get("input"), (str, list)):
+        # Nothing to keep or continue: the translator refuses the input itself, with its own 400.
+        rest = {name: value for name, value in body.items() if name != "previous_response_id"}
+        return StoragePlan(store=store, previous_response_id=previous_id, body=rest)
     needs_database = previous_id is not None or any(
         isinstance(item, dict) and item.get("type") == "item_reference" for item in _input_items(body)
     )
@@ -276,11 +283,80 @@ async def plan_storage(*, caller: ApiCaller, body: dict) -> StoragePlan:
 # ---- keeping a response -------------------------------------------------------------------------
 
 
-def _save(row: StoredResponse, index: list[StoredResponseItem]) -> None:
+def _save(rows: list[StoredResponse], index: list[StoredResponseItem]) -> None:
     with transaction.atomic():
-        row.save(force_insert=True)
+        StoredResponse.objects.bulk_create(rows)
         # An item replayed with the id it already has keeps pointing where it was first stored.
         StoredResponseItem.objects.bulk_create(index, ignore_conflicts=True)
+
+
+@dataclass
+class _Pending:
+    row: StoredResponse
+    index: list[StoredResponseItem]
+    done: asyncio.Future[bool]
+
+
+class _GroupCommitter:
+    """One per event loop. Responses that finish while a write is in flight share the next transaction,
+    so concurrent requests pay one commit (one WAL flush) between them; a lone request writes at once."""
+
+    def __init__(self) -> None:
+        self.queue: list[_Pending] = []
+        self.writer: asyncio.Task | None = None
+
+    def submit(self, pending: _Pending) -> None:
+        self.queue.append(pending)
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch = self.queue[:_MAX_KEEP_BATCH]
+                del self.queue[:_MAX_KEEP_BATCH]
+                await self._commit(batch)
+        finally:
+            self.writer = None
+            if self.queue:
+                self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        outcomes = [False] * len(batch)
+        try:
+            await run_db(_save, [p.row for p in batch], [item for p in batch for item in p.index])
+            outcomes = [True] * len(batch)
+        except DatabaseError:
+            if len(batch) == 1:
+                logger.warning("could not store response %s", batch[0].row.id, exc_info=True)
+            else:  # one bad row must not cost the others their storing: write them one by one
+                outcomes = [await _save_alone(p) for p in batch]
+        except Exception:
+            logger.exception("unexpected failure storing %d responses", len(batch))
+        finally:
+            for pending, stored in zip(batch, outcomes, strict=True):
+                if not pending.done.done():
+                    pending.done.set_result(stored)
+
+
+async def _save_alone(pending: _Pending) -> bool:
+    try:
+        await run_db(_save, [pending.row], pending.index)
+        return True
+    except DatabaseError:
+        logger.warning("could not store response %s", pending.row.id, exc_info=True)
+        return False
+
+
+_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommitter] = weakref.WeakKeyDictionary()
+
+
+def _committer() -> _GroupCommitter:
+    loop = asyncio.get_running_loop()
+    committer = _committers.get(loop)
+    if committer is None:
+        committer = _committers[loop] = _GroupCommitter()
+    return committer
 
 
 async def keep_response(*, plan: StoragePlan, caller: ApiCaller, response: dict, request_id: str) -> bool:
@@ -315,12 +391,10 @@ async def keep_response(*, plan: StoragePlan, caller: ApiCaller, response: dict,
         StoredResponseItem(workspace_id=workspace_id, item_id=item["id"], response_id=row.id, position=position)
         for position, item in plan.new_items + output
     ]
-    try:
-        await run_db(_save, row, index)
-    except (DatabaseError, IntegrityError):
-        logger.warning("could not store response %s (%s)", row.id, request_id, exc_info=True)
-        return False
-    return True
+    pending = _Pending(row=row, index=index, done=asyncio.get_running_loop().create_future())
+    _committer().submit(pending)
+    # Shielded: a client that leaves now does not stop the write other requests share.
+    return await asyncio.shield(pending.done)
 
 
 # ---- reading, listing, deleting -----------------------------------------------------------------

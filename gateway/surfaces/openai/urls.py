@@ -11,6 +11,7 @@ api_patterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
     path("completions", views.CompletionsView.as_view(), name="completions"),
     path("responses", views.ResponsesView.as_view(), name="responses"),
+    path("responses/compact", views.ResponsesCompactView.as_view(), name="responses-compact"),  # before responses/<id>
     path("responses/<str:response_id>", views.ResponseView.as_view(), name="response"),
     path(
         "responses/<str:response_id>/input_items", views.ResponseInputItemsView.as_view(), name="response-input-items"

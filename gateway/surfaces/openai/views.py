@@ -22,7 +22,8 @@ from gateway.core.finalizers import add_finalizer
 from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError
 from gateway.parsers import JsonObjectParser, MultipartFormParser, invalid_json
-from gateway.surfaces.openai import audio, responses_service, stored_responses
+from gateway.surfaces.openai import audio, stored_responses
+from gateway.surfaces.openai.responses import service as responses_service
 
 
 def note_model(request: Request, model: object) -> None:
@@ -110,6 +111,11 @@ class CompletionsView(_ProxiedJsonView):
 class ResponsesView(_ProxiedJsonView):
     endpoint = "responses"
     create = staticmethod(responses_service.create_response)
+
+
+class ResponsesCompactView(_ProxiedJsonView):
+    endpoint = "responses.compact"
+    create = staticmethod(responses_service.compact_response)
 
 
 class ResponseView(AsyncApiView):

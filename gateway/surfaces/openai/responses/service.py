@@ -1,8 +1,10 @@
-"""/v1/responses served by the upstream's chat completions: translate, admit, call, translate back, bill.
+"""/v1/responses (and /v1/responses/compact) served by the upstream's chat completions: plan storage,
+translate, admit, call, translate back, keep, bill.
 
 The admission, the upstream call and billing are the chat path's own (gateway.core.calls); what
-differs is only the shape on our side (gateway.surfaces.openai.responses_api). Streams are the chat relay's events
-turned into Responses events, so a client that disconnects is billed exactly as on the chat path.
+differs is only the shape on our side (the modules beside this one). Streams are the chat relay's
+events turned into Responses events, so a client that disconnects is billed exactly as on the chat
+path. A compaction is one more model call, billed by the same formula.
 """
 
 from __future__ import annotations
@@ -33,17 +35,14 @@ from gateway.core.routing import Route, route_chat
 from gateway.core.streaming import CallOutcome, relay_events, split_events
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
-from gateway.surfaces.openai.responses_api import (
-    ChatTranslation,
-    ResponseEventStream,
-    chat_request_from_responses,
-    new_response_id,
-    response_from_chat,
-    sse_frame,
-)
+from gateway.surfaces.openai.responses.events import ResponseEventStream, sse_frame
+from gateway.surfaces.openai.responses.output import compacted_response, new_response_id, response_from_chat
+from gateway.surfaces.openai.responses.request import ChatTranslation, chat_request_from_responses
+from gateway.surfaces.openai.responses.tools import OMITTED_TOOLS_HEADER
 from gateway.surfaces.openai.stored_responses import StoragePlan, keep_response, plan_storage
 
 ENDPOINT = "responses"  # as recorded in the ledger
+COMPACT_ENDPOINT = "responses.compact"
 UPSTREAM_PATH = "/chat/completions"
 
 Keep = Callable[[dict], Awaitable[None]]  # stores a finished Response (store: true) before the client gets it
@@ -85,7 +84,7 @@ async def _response_events(
             for raw in split_events(relayed):
                 payload = _event_payload(raw)
                 if payload is None:
-                    out.append(raw)  # a keep-alive comment: it keeps idle proxies from closing a slow first token
+                    out.append(raw)  # a keep-alive comment: it keeps idle proxies from closing a silent stream
                     continue
                 # After a failure the relay is still drained: it ends on its own and records the outcome.
                 if failure is not None or isinstance(payload, str):  # str: the [DONE] marker
@@ -103,9 +102,11 @@ async def _response_events(
         await relay.aclose()
 
 
-def _translate(body: dict, plan: StoragePlan) -> ChatTranslation:
+def _translate(body: dict, plan: StoragePlan, *, compact: bool) -> ChatTranslation:
+    if compact:
+        body = {**body, "stream": False, "tools": None, "tool_choice": None}  # a compaction is one whole answer
     try:
-        translation = chat_request_from_responses(body)
+        translation = chat_request_from_responses(body, compact=compact)
     except ApiError as error:
         raise plan.remap_error(error) from None
     validation.check_chat_request(translation.chat_body)  # the chat path's own checks, as a backstop
@@ -121,19 +122,36 @@ def _keeper(*, plan: StoragePlan, caller: ApiCaller, request_id: str) -> Keep:
     return keep
 
 
+async def _keep_nothing(response: dict) -> None:
+    return None
+
+
 async def create_response(
-    *, caller: ApiCaller, body: dict, request_id: str, raw_body: bytes = b"", idempotency_key: str | None = None
+    *,
+    caller: ApiCaller,
+    body: dict,
+    request_id: str,
+    raw_body: bytes = b"",
+    idempotency_key: str | None = None,
+    compact: bool = False,
 ) -> GatewayCall:
-    """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed."""
+    """A Response (or its event stream); with an Idempotency-Key, a repeated non-streaming request is replayed.
+
+    `compact`: POST /responses/compact, answered with a CompactedResponse (never stored).
+    """
     translations: list[ChatTranslation] = []
     # The previous response's context and referenced items come first: the translator sees the whole input.
     plan = await plan_storage(caller=caller, body=body)
     # admit() runs the check between the model and catalogue checks, as on the chat path.
     model, entry = await admit(
-        caller=caller, body=plan.body, check=lambda raw: translations.append(_translate(raw, plan)), kind="chat"
+        caller=caller,
+        body=plan.body,
+        check=lambda raw: translations.append(_translate(raw, plan, compact=compact)),
+        kind="chat",
     )
     translation = translations[0]
     route = route_chat(entry=entry, caller=caller)
+    keep = _keep_nothing if compact else _keeper(plan=plan, caller=caller, request_id=request_id)
     return await idempotently(
         caller=caller,
         idempotency_key=idempotency_key,
@@ -146,9 +164,15 @@ async def create_response(
             entry=entry,
             route=route,
             request_id=request_id,
-            keep=_keeper(plan=plan, caller=caller, request_id=request_id),
+            keep=keep,
+            compact_endpoint=compact,
         ),
     )
+
+
+async def compact_response(*, caller: ApiCaller, body: dict, request_id: str, **kwargs: object) -> GatewayCall:
+    """POST /responses/compact: the conversation summarised into one compaction item."""
+    return await create_response(caller=caller, body=body, request_id=request_id, compact=True, **kwargs)  # type: ignore[arg-type]
 
 
 async def _respond(
@@ -160,7 +184,9 @@ async def _respond(
     route: Route,
     request_id: str,
     keep: Keep,
+    compact_endpoint: bool = False,
 ) -> GatewayCall:
+    endpoint = COMPACT_ENDPOINT if compact_endpoint else ENDPOINT
     reservation = await reserve(caller=caller, route=route, request_id=request_id)
 
     chat_body = {**translation.chat_body, "model": entry.upstream_name}
@@ -175,7 +201,7 @@ async def _respond(
             caller=caller,
             route_byok=route.byok,
             model=model,
-            endpoint=ENDPOINT,
+            endpoint=endpoint,
             request_id=request_id,
             body=chat_body,
             outcome=outcome,
@@ -187,18 +213,28 @@ async def _respond(
         if relay is not None:
             await relay.aclose()
         counted = await finish_request(reservation=reservation, usage=record())
-        observe_outcome(endpoint=ENDPOINT, model=model, outcome=outcome, counted=counted, byok=route.byok)
+        observe_outcome(endpoint=endpoint, model=model, outcome=outcome, counted=counted, byok=route.byok)
 
     call = UpstreamCall(
         path=UPSTREAM_PATH, api_key=route.api_key, request_id=request_id, json_body=chat_body, stream=translation.stream
     )
     upstream = await send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
     headers = reservation.budget.headers()
+    if translation.tools.omitted:
+        headers[OMITTED_TOOLS_HEADER] = ",".join(translation.tools.omitted)
     response_id, created_at = new_response_id(), int(time.time())
 
     if translation.stream:
         relay = relay_events(upstream, include_usage=True, outcome=outcome)
-        events = ResponseEventStream(response_id=response_id, created_at=created_at, model=model, echo=translation.echo)
+        events = ResponseEventStream(
+            response_id=response_id,
+            created_at=created_at,
+            model=model,
+            echo=translation.echo,
+            tools=translation.tools,
+            compact=translation.compact,
+            input_items=translation.input_items,
+        )
         stream = _response_events(relay, events, keep)
         return GatewayCall(result=CompletionStream(chunks=stream, headers=headers), finish=finish)
 
@@ -210,15 +246,21 @@ async def _respond(
         await finish()
         message = _failure_message(completion) or "The upstream failed."
         raise ApiError(f"The upstream failed: {message}", status=502, error_type="server_error", code="upstream_error")
-    response = response_from_chat(
-        completion,
-        response_id=response_id,
-        created_at=created_at,
-        completed_at=int(time.time()),
-        model=model,
-        echo=translation.echo,
-    )
-    await keep(response)
+    if compact_endpoint:
+        response = compacted_response(completion, created_at=created_at, input_items=translation.input_items)
+    else:
+        response = response_from_chat(
+            completion,
+            response_id=response_id,
+            created_at=created_at,
+            completed_at=int(time.time()),
+            model=model,
+            echo=translation.echo,
+            tools=translation.tools,
+            compact=translation.compact,
+            input_items=translation.input_items,
+        )
+        await keep(response)
     headers["x-writingmate-messages-counted"] = str(count_for(record()))
     return GatewayCall(
         result=Completion(status=200, body=json.dumps(response).encode(), headers=headers), finish=finish
