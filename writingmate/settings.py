@@ -177,6 +177,9 @@ STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
 # --- API limits ---------------------------------------------------------------------------------
 API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=4 * 1024 * 1024)
 API_MAX_AUDIO_BYTES = env.int("API_MAX_AUDIO_BYTES", default=25 * 1024 * 1024)
+# Anthropic's Messages API: Claude Code sends whole sessions, screenshots and PDFs inline (Anthropic's own
+# cap is 32 MB; this stays under the deploy guide's nginx client_max_body_size).
+API_MAX_MESSAGES_BODY_BYTES = env.int("API_MAX_MESSAGES_BODY_BYTES", default=24 * 1024 * 1024)
 API_MAX_HEADER_BYTES = env.int("API_MAX_HEADER_BYTES", default=32 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_AUDIO_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from gateway import metrics
-from gateway.core.streaming import CallOutcome
+from gateway.core.streaming import CallOutcome, with_heartbeats
 from gateway.providers.base import ProviderError, UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
 from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_text
@@ -106,7 +108,11 @@ async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesO
     metrics.stream_opened()
     try:
         assert upstream.chunks is not None
-        async for chunk in upstream.chunks:
+        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
+            if chunk is None:
+                if not pending:  # Anthropic's own keep-alive, only ever between two whole events
+                    yield PING
+                continue
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = time.monotonic()
             outcome.delivered.append(chunk)
@@ -304,7 +310,10 @@ async def translate_chat_events(
     try:
         yield translator.start()
         assert upstream.chunks is not None
-        async for chunk in upstream.chunks:
+        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
+            if chunk is None:
+                yield PING  # this side writes whole events only, so any moment is between two
+                continue
             out: list[bytes] = []
             for event in events.feed(chunk):
                 if event.startswith(b":"):

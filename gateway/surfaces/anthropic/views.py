@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
@@ -160,3 +161,8 @@ async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
         before_id=request.GET.get("before_id"),
     )
     return _json(page)
+
+
+@messages_endpoint(method="GET", name="models.retrieve")
+async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str) -> HttpResponseBase:
+    return _json(await service.retrieve_model(caller=caller, model_id=unquote(model_id)))
