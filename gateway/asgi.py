@@ -31,7 +31,7 @@ from django.urls.resolvers import RoutePattern
 from billing.refusals import flush_refusals
 from gateway import metrics
 from gateway.core.refusals import note_refused, note_refused_before_request
-from gateway.core.streaming import EventStreamResponse
+from gateway.core.streaming import EventStreamResponse, send_event_stream
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
 from gateway.surfaces.anthropic import errors as anthropic_errors
@@ -144,9 +144,7 @@ class ApiHandler(ASGIHandler):
             return
         events = response.events
         try:
-            async for chunk in events:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send_event_stream(events, send)  # with heartbeats while the upstream is silent
         finally:
             await events.aclose()
         await send({"type": "http.response.body"})
