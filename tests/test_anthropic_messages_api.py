@@ -702,3 +702,22 @@ def test_a_large_session_fits_and_a_body_past_the_limit_is_request_too_large(bas
     )
     assert refused.status_code == 413 and refused.json()["error"]["type"] == "request_too_large"
     assert refused.headers["request-id"].startswith("req_")
+
+
+def test_a_claude_stream_that_breaks_ends_with_an_error_event(base_url, fake_upstream, caller):
+    fake_upstream.fail_next("drop_mid_stream", endpoint="/messages")
+    dropped = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    events = _events(dropped.content)
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "error"]
+    assert events[-1]["error"]["type"] == "api_error"
+
+    fake_upstream.fail_next("error_mid_stream", endpoint="/messages")
+    failed = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    assert _events(failed.content)[-1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert failed.content.count(b"event: error") == 1  # the upstream's own, relayed; nothing added
+
+    lines = wait_for_usage_events(2)
+    assert {line.status for line in lines} == {"failed"}

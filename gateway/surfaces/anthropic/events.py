@@ -18,10 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
-
 from gateway import metrics
-from gateway.core.streaming import CallOutcome, with_heartbeats
+from gateway.core.streaming import CallOutcome
 from gateway.providers.base import ProviderError, UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
 from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_text
@@ -108,23 +106,25 @@ async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesO
     metrics.stream_opened()
     try:
         assert upstream.chunks is not None
-        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
-            if chunk is None:
-                if not pending:  # Anthropic's own keep-alive, only ever between two whole events
-                    yield PING
-                continue
+        async for chunk in upstream.chunks:
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = time.monotonic()
             outcome.delivered.append(chunk)
             buffer = pending + chunk if pending else chunk
             end = _complete_part(buffer)
+            if not end:
+                pending = buffer
+                continue
             pending = buffer[end:]
-            if end and (b"message_" in buffer or b'"error"' in buffer):
-                for event in _Events().feed(buffer[:end]):
+            whole = buffer[:end]
+            if b"message_" in whole or b'"error"' in whole:
+                for event in _Events().feed(whole):
                     finished = _note_event(event, outcome) or finished
-            yield chunk
+            # Whole events only: a keep-alive the handler sends in a pause then falls between two events.
+            yield whole
             if finished:
                 return
+        # An event the upstream never finished is dropped: the error event below says what happened.
         if not finished and not outcome.upstream_error_relayed:
             outcome.status = "failed"
             outcome.error_kind = "stream_dropped"
@@ -310,10 +310,7 @@ async def translate_chat_events(
     try:
         yield translator.start()
         assert upstream.chunks is not None
-        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
-            if chunk is None:
-                yield PING  # this side writes whole events only, so any moment is between two
-                continue
+        async for chunk in upstream.chunks:
             out: list[bytes] = []
             for event in events.feed(chunk):
                 if event.startswith(b":"):

@@ -22,6 +22,7 @@ from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, from_drf_exception, service_unavailable
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
+from gateway.surfaces.anthropic.events import PING
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
