@@ -28,7 +28,7 @@ from billing.idempotency import (
     complete_idempotent,
 )
 from billing.ledger import UsageRecord, count_for
-from billing.quotas import QuotaExceeded, Reservation, reserve_message
+from billing.quotas import KeyBudget, QuotaExceeded, Reservation, reserve_message
 from billing.recording import finish_request
 from gateway import catalogue, metrics
 from gateway.core import validation
@@ -219,8 +219,16 @@ async def admit(
     entry = (await catalogue.enabled_models()).get(model)
     validation.check_routing(body, entry, model)
     check(body)
-    entry = await catalogue.ensure_model_allowed(slug=model, workspace=caller.workspace, kind=kind)
+    entry = await catalogue.ensure_model_allowed(slug=model, workspace=caller.workspace, kind=kind, key=caller.grant)
     return model, entry
+
+
+def key_budget(caller: ApiCaller) -> KeyBudget | None:
+    """The developer key's own daily budget, if its owner set one."""
+    grant = caller.grant
+    if grant.daily_message_limit is None:
+        return None
+    return KeyBudget(grant.key_id, grant.key_prefix, grant.daily_message_limit, grant.limits_version)
 
 
 async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reservation:
@@ -231,6 +239,7 @@ async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reserv
             user_id=caller.user_id,
             byok=route.byok,
             access_epoch=caller.unconfirmed_epoch,
+            key=key_budget(caller),
         )
     except QuotaExceeded as exc:
         raise quota_error(exc) from None

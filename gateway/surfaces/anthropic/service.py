@@ -56,6 +56,7 @@ async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
     try:
         translate.check_request(body)
         resolved = await resolve_model(body.get("model"), caller.workspace)
+        catalogue.ensure_key_allows(resolved.entry, key=caller.grant, requested=str(body.get("model")))
         _check_routing(body, resolved.entry)
         return resolved, route_chat(entry=resolved.entry, caller=caller)
     except ApiError:
@@ -243,7 +244,7 @@ async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
 
 async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
     """The workspace's chat models in Anthropic's list shape (Claude Code reads it for its model picker)."""
-    entries = [e for e in await catalogue.models_for(caller.workspace) if e.kind == "chat"]
+    entries = [e for e in await catalogue.models_for(caller.workspace, key=caller.grant) if e.kind == "chat"]
     ids = [e.slug for e in entries]
     if after_id in ids:
         entries = entries[ids.index(after_id) + 1 :]

@@ -113,15 +113,15 @@ def _model_object(entry: catalogue.CatalogueEntry) -> dict:
 
 @api_endpoint(method="GET", name="models.list")
 async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponse:
-    entries = await catalogue.models_for(caller.workspace)
-    budget = await current_budget(workspace=caller.workspace, user_id=caller.user_id)
+    entries = await catalogue.models_for(caller.workspace, key=caller.grant)
+    budget = await current_budget(workspace=caller.workspace, user_id=caller.user_id, key=calls.key_budget(caller))
     return _json({"object": "list", "data": [_model_object(e) for e in entries]}, headers=budget.headers())
 
 
 @api_endpoint(method="GET", name="models.retrieve")
 async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str) -> HttpResponse:
     slug = unquote(model_id)
-    for entry in await catalogue.models_for(caller.workspace):
+    for entry in await catalogue.models_for(caller.workspace, key=caller.grant):
         if entry.slug == slug:
             return _json(_model_object(entry))
     raise ApiError(f"The model '{slug}' does not exist", status=404, param="model", code="model_not_found")
