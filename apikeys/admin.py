@@ -43,7 +43,19 @@ class DeveloperKeyAdmin(admin.ModelAdmin):
     search_help_text = "Visible prefix (wmk_… as shown to the user), user email or key name."
     list_select_related = ["user"]
     exclude = ["key_hash"]
-    readonly_fields = ["user", "masked", "prefix", "last4", "created_at", "last_used_at", "revoked_at"]
+    # The budget and allowlist are the owner's, set through apikeys.services.set_key_limits.
+    readonly_fields = [
+        "user",
+        "masked",
+        "prefix",
+        "last4",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "daily_message_limit",
+        "allowed_models",
+        "limits_changed_at",
+    ]
     actions = ["revoke_selected"]
     date_hierarchy = "created_at"
 

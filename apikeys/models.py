@@ -25,6 +25,16 @@ class DeveloperKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Per-key controls, set by the key's owner on the API Keys page (apikeys.services.set_key_limits).
+    daily_message_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Messages this key may spend per billing day; empty for no budget of its own."
+    )
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model slugs this key may use; empty for every model the plan allows."
+    )
+    limits_changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the budget or allowlist last changed (names the key's quota counter)."
+    )
 
     objects = DeveloperKeyQuerySet.as_manager()
 

@@ -29,10 +29,18 @@ class KeyGrant:
     key_prefix: str
     expires_at: float | None  # epoch seconds
     access: UserAccess
+    # The key's own controls: a daily message budget (None: none of its own) and a model allowlist
+    # (empty: whatever the plan allows). `limits_version` changes whenever either does.
+    daily_message_limit: int | None = None
+    allowed_models: tuple[str, ...] = ()
+    limits_version: int = 0
 
     @property
     def user_id(self) -> int:
         return self.access.user_id
+
+    def allows_model(self, slug: str) -> bool:
+        return not self.allowed_models or slug in self.allowed_models
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +48,9 @@ class KeyGrant:
             "key_prefix": self.key_prefix,
             "expires_at": self.expires_at,
             "access": self.access.to_dict(),
+            "daily_message_limit": self.daily_message_limit,
+            "allowed_models": list(self.allowed_models),
+            "limits_version": self.limits_version,
         }
 
     @classmethod
@@ -49,6 +60,9 @@ class KeyGrant:
             key_prefix=data["key_prefix"],
             expires_at=data["expires_at"],
             access=UserAccess.from_dict(data["access"]),
+            daily_message_limit=data.get("daily_message_limit"),
+            allowed_models=tuple(data.get("allowed_models") or ()),
+            limits_version=data.get("limits_version") or 0,
         )
 
 
@@ -93,7 +107,27 @@ def find_key_grant(*, key_hash: str) -> KeyGrant | None:
         key_prefix=key.prefix,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         access=access,
+        daily_message_limit=key.daily_message_limit,
+        allowed_models=tuple(key.allowed_models or ()),
+        limits_version=limits_version(key),
     )
+
+
+def limits_version(key: DeveloperKey) -> int:
+    """Names the key's quota counter: a budget set anew starts from the ledger, not a stale counter."""
+    return int(key.limits_changed_at.timestamp() * 1000) if key.limits_changed_at else 0
+
+
+def set_key_limits(*, key: DeveloperKey, daily_message_limit: int | None, allowed_models: list[str]) -> None:
+    """Set a key's daily budget and model allowlist; cached grants see the change on their next request."""
+    with transaction.atomic():
+        DeveloperKey.objects.filter(pk=key.pk).update(
+            daily_message_limit=daily_message_limit,
+            allowed_models=list(allowed_models),
+            limits_changed_at=timezone.now(),
+        )
+        transaction.on_commit(bump_access_epoch)
+    key.refresh_from_db(fields=["daily_message_limit", "allowed_models", "limits_changed_at"])
 
 
 def touch_last_used(*, key_id: int) -> None:

@@ -1,5 +1,5 @@
 """The API Keys settings pages: list, create (the full key is shown once, in the POST response), a key's
-own page (rename, usage), revoke.
+own page (rename, usage, its daily budget and model allowlist), revoke.
 
 The pages show each key's usage from the billing ledger: a page composing a lower app's keys with a
 higher app's figures is the one place apikeys reads billing (see docs/decisions.md, "keys").
@@ -16,7 +16,7 @@ from django.views import View
 from django.views.decorators.debug import sensitive_variables
 
 from apikeys import selectors, services
-from apikeys.forms import ApiKeyCreateForm, ApiKeyRenameForm
+from apikeys.forms import ApiKeyCreateForm, ApiKeyLimitsForm, ApiKeyRenameForm
 from apikeys.models import DeveloperKey
 from apikeys.snippets import openai_base_url, setup_snippets
 from billing.selectors import KeyUsage, key_usage
@@ -77,12 +77,19 @@ class ApiKeyCreateView(LoginRequiredMixin, View):
 
 
 def _detail_page(
-    request: HttpRequest, key: DeveloperKey, *, rename_form: ApiKeyRenameForm | None = None, status: int = 200
+    request: HttpRequest,
+    key: DeveloperKey,
+    *,
+    rename_form: ApiKeyRenameForm | None = None,
+    limits_form: ApiKeyLimitsForm | None = None,
+    status: int = 200,
 ) -> HttpResponse:
+    limits = {"daily_message_limit": key.daily_message_limit, "allowed_models": "\n".join(key.allowed_models or [])}
     context = {
         "key": key,
         "usage": key_usage(key_ids=[key.pk]).get(key.pk, KeyUsage()),
         "rename_form": rename_form or ApiKeyRenameForm(initial={"name": key.name}),
+        "limits_form": limits_form or ApiKeyLimitsForm(initial=limits),
     }
     return render(request, "apikeys/key_detail.html", context, status=status)
 
@@ -104,6 +111,26 @@ class ApiKeyRenameView(LoginRequiredMixin, View):
         old_name = key.name
         services.rename_api_key(key=key, name=form.cleaned_data["name"])
         messages.success(request, f"Renamed “{old_name}” to “{key.name}”.")
+        return redirect("apikey-detail", key_id=key.pk)
+
+
+class ApiKeyLimitsView(LoginRequiredMixin, View):
+    """The key's own daily budget and model allowlist (cached grants see a change on their next request)."""
+
+    def get(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        return redirect("apikey-detail", key_id=key_id)
+
+    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        key = _owned_key(request, key_id)
+        form = ApiKeyLimitsForm(request.POST)
+        if not form.is_valid():
+            return _detail_page(request, key, limits_form=form, status=400)
+        services.set_key_limits(
+            key=key,
+            daily_message_limit=form.cleaned_data["daily_message_limit"],
+            allowed_models=form.cleaned_data["allowed_models"],
+        )
+        messages.success(request, f"Saved the limits of “{key.name}”. They apply from its next request.")
         return redirect("apikey-detail", key_id=key.pk)
 
 

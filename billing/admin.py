@@ -9,9 +9,7 @@ row shows the refusals of its key that day beside its usage, linked to them.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.contrib import admin
@@ -23,40 +21,13 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.models import AppSumoLicence, Membership, User, Workspace
+from accounts.models import AppSumoLicence, Membership
 from apikeys import keys
 from apikeys.models import DeveloperKey
 from billing import selectors
+from billing.exports import csv_response
 from billing.models import DailyKeyModelCount, DailyMessageCount, Refusal, UsageEvent, WorkspaceUsage
 from billing.quotas import MEMBER_DAILY_LIMIT, billing_day
-
-CSV_COLUMNS = (
-    "created_at",
-    "day",
-    "request_id",
-    "kind",
-    "workspace",
-    "user",
-    "key_name",
-    "key_prefix",
-    "model",
-    "endpoint",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "counted_messages",
-    "byok",
-    "tokens_estimated",
-    "generation_id",
-    "latency_ms",
-    "workspace_id",
-    "user_id",
-    "key_id",
-)
-_CSV_FIELDS = tuple(
-    c for c in CSV_COLUMNS if c not in ("workspace", "user", "key_name", "key_prefix")
-)  # read from the ledger; names are looked up per chunk
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -158,51 +129,6 @@ def _refusals_link(count: int | None, **filters: object) -> str:
 # ---- the ledger --------------------------------------------------------------------------------
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _names(model: type[Model], ids: Iterable[int | None], *fields: str) -> dict[int, tuple]:
-    return {row[0]: row[1:] for row in model.objects.filter(pk__in={i for i in ids if i}).values_list("pk", *fields)}
-
-
-def _csv_rows(queryset: QuerySet[UsageEvent]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_COLUMNS)
-    position = {name: index for index, name in enumerate(_CSV_FIELDS)}
-    chunk: list[tuple] = []
-
-    def flush() -> Iterator[str]:
-        workspaces = _names(Workspace, (r[position["workspace_id"]] for r in chunk), "name")
-        users = _names(User, (r[position["user_id"]] for r in chunk), "email")
-        developer_keys = _names(DeveloperKey, (r[position["key_id"]] for r in chunk), "name", "prefix")
-        for row in chunk:
-            values = dict(zip(_CSV_FIELDS, row, strict=True))
-            name, prefix = developer_keys.get(values["key_id"], ("", ""))
-            values |= {
-                "workspace": workspaces.get(values["workspace_id"], ("",))[0],
-                "user": users.get(values["user_id"], ("",))[0],
-                "key_name": name,
-                "key_prefix": prefix,
-            }
-            yield writer.writerow([values[column] for column in CSV_COLUMNS])
-        chunk.clear()
-
-    for row in queryset.values_list(*_CSV_FIELDS).iterator(chunk_size=2000):
-        chunk.append(row)
-        if len(chunk) == 2000:
-            yield from flush()
-    yield from flush()
-
-
-def csv_response(queryset: QuerySet[UsageEvent], *, filename: str = "usage-events.csv") -> StreamingHttpResponse:
-    plain = queryset.order_by("created_at", "id").select_related(None).prefetch_related(None)
-    response = StreamingHttpResponse(_csv_rows(plain), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
-
-
 @admin.register(UsageEvent)
 class UsageEventAdmin(NamesAndTotals):
     change_list_template = "admin/billing/usageevent/change_list.html"
@@ -243,6 +169,12 @@ class UsageEventAdmin(NamesAndTotals):
     totals = (("Lines", "rows"), ("Messages", "counted_messages"), ("Input tokens", "prompt_tokens"))
     totals += (("Output tokens", "completion_tokens"),)
     actions = ("export_selected_csv",)
+
+    def total_figures(self, queryset: QuerySet) -> list[tuple[str, int]]:
+        # Lines include settlements (corrections); requests are the request lines only.
+        requests = queryset.order_by().filter(kind=UsageEvent.Kind.REQUEST).count()
+        figures = super().total_figures(queryset)
+        return [figures[0], ("Requests", requests), *figures[1:]]
 
     @admin.display(description="tokens in / out")
     def tokens(self, obj: UsageEvent) -> str:

@@ -131,12 +131,13 @@ class QuotaReservation(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     workspace_id = models.BigIntegerField()
     user_id = models.BigIntegerField()
+    key_id = models.BigIntegerField(null=True, blank=True, help_text="Set when the key has a daily budget.")
     day = models.DateField()
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["workspace_id", "day"])]
+        indexes = [models.Index(fields=["workspace_id", "day"]), models.Index(fields=["key_id", "day"])]
 
     def __str__(self) -> str:
         return f"reservation {self.request_id} (workspace {self.workspace_id}, {self.day})"

@@ -164,7 +164,42 @@ def audit_daily_message_counts(*, days: Iterable[dt.date] | None = None, include
                 f"{day} workspace {workspace_id} user {user_id}: ledger {dict(zip(_FIGURES, want, strict=True))}, "
                 f"daily_message_count {dict(zip(_FIGURES, have, strict=True)) if have else 'missing'}"
             )
+    mismatches += _audit_by_key_and_model(events, days=days, include_today=include_today)
     return AuditResult(days=len({i[2] for i in expected | actual}), rows=len(actual), mismatches=tuple(mismatches))
+
+
+_KEY_MODEL_FIGURES = (*_FIGURES, "failed_requests")
+
+
+def _audit_by_key_and_model(events, *, days: Iterable[dt.date] | None, include_today: bool) -> list[str]:
+    """daily_key_model_count against the same ledger lines."""
+    rows = DailyKeyModelCount.objects.all()
+    if days is not None:
+        rows = rows.filter(day__in=set(days))
+    if not include_today:
+        rows = rows.filter(day__lt=billing_day())
+    identity = ("workspace_id", "user_id", "key_id", "model", "day")
+    expected = {
+        tuple(f[n] for n in identity): tuple(f[n] for n in _KEY_MODEL_FIGURES) for f in _key_model_figures(events)
+    }
+    actual: dict[tuple, tuple] = {}
+    for r in rows.values(*identity, *_KEY_MODEL_FIGURES):
+        ident = tuple(r[n] for n in identity)
+        have = tuple(r[n] for n in _KEY_MODEL_FIGURES)
+        # Two rows for one identity would be double counting: add them up so the audit sees it.
+        actual[ident] = tuple(a + b for a, b in zip(actual[ident], have, strict=True)) if ident in actual else have
+    zero = (0,) * len(_KEY_MODEL_FIGURES)
+    mismatches = []
+    for ident in sorted(set(expected) | set(actual), key=lambda i: (i[4], i[0], i[1], i[2] or 0, i[3])):
+        want, have = expected.get(ident, zero), actual.get(ident)
+        if have != want and not (have is None and want == zero):
+            workspace_id, user_id, key_id, model, day = ident
+            mismatches.append(
+                f"{day} workspace {workspace_id} user {user_id} key {key_id} model {model}: "
+                f"ledger {dict(zip(_KEY_MODEL_FIGURES, want, strict=True))}, daily_key_model_count "
+                f"{dict(zip(_KEY_MODEL_FIGURES, have, strict=True)) if have else 'missing'}"
+            )
+    return mismatches
 
 
 def drain_spool_and_roll_up(*, days: Iterable[dt.date] | None = None) -> tuple[int, RollupResult]:

@@ -17,9 +17,11 @@ from django.utils import timezone
 
 from accounts.encryption import decrypt_secret
 from accounts.models import OpenRouterKey
+from apikeys.models import DeveloperKey
+from apikeys.services import limits_version
 from billing.counting import count_messages
 from billing.models import UsageEvent
-from billing.quotas import CounterSettle, counters_for, settle_counters_sync
+from billing.quotas import Counter, CounterSettle, counters_for, key_counter_for, settle_counters_sync
 from billing.rollups import rollup_daily_message_counts
 
 logger = logging.getLogger(__name__)
@@ -120,12 +122,21 @@ def settle_generation(*, request_id: str, fetch_stats: FetchGenerationStats) -> 
                     request_id=request_id,
                     ledger_field=f"{UsageEvent.Kind.SETTLEMENT}:{request_id}",
                     messages=delta,
-                    counters=counters_for(workspace_id=event.workspace_id, user_id=event.user_id, day=event.day),
+                    counters=counters_for(workspace_id=event.workspace_id, user_id=event.user_id, day=event.day)
+                    + _key_counters(key_id=event.key_id, day=event.day),
                 )
             ]
         )
     rollup_daily_message_counts(days=[event.day], workspace_ids=[event.workspace_id])
     return Settlement(request_id, "settled", delta)
+
+
+def _key_counters(*, key_id: int | None, day: dt.date) -> tuple[Counter, ...]:
+    """The counter of the key's own budget, when it has one: its requests' corrections count there too."""
+    key = DeveloperKey.objects.filter(pk=key_id, daily_message_limit__isnull=False).first() if key_id else None
+    if key is None:
+        return ()
+    return (key_counter_for(key_id=key.pk, version=limits_version(key), day=day),)
 
 
 def pending_settlement_request_ids(*, limit: int = 200) -> list[str]:

@@ -35,7 +35,8 @@ class CatalogueModelAdmin(admin.ModelAdmin):
 class ModelAliasAdmin(admin.ModelAdmin):
     """Which catalogue model an Anthropic id (claude-sonnet-4-5-20250929, Claude Code's defaults) means."""
 
-    list_display = ["alias", "target", "fallback", "note", "updated_at"]
+    list_display = ["alias", "target", "fallback", "stands_in", "max_output_tokens", "note", "updated_at"]
+    list_filter = ["stands_in"]
     list_select_related = ["target", "fallback"]
     search_fields = ["alias", "target__slug", "fallback__slug", "note"]
     autocomplete_fields = ["target", "fallback"]

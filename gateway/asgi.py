@@ -32,7 +32,7 @@ from django.urls.resolvers import RoutePattern
 from billing.refusals import flush_refusals
 from gateway import metrics
 from gateway.core.refusals import note_refused, note_refused_before_request
-from gateway.core.streaming import EventStreamResponse
+from gateway.core.streaming import EventStreamResponse, send_event_stream
 from gateway.errors import ApiError, error_response
 from gateway.providers.http import close_upstream_session
 from gateway.surfaces.anthropic import errors as anthropic_errors
@@ -149,9 +149,7 @@ class ApiHandler(ASGIHandler):
             return
         events = response.events
         try:
-            async for chunk in events:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send_event_stream(events, send, heartbeat=response.heartbeat)  # while the upstream is silent
         finally:
             await events.aclose()
         await send({"type": "http.response.body"})
@@ -182,11 +180,12 @@ class ApiHandler(ASGIHandler):
             await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
-        limit = (
-            settings.API_MAX_AUDIO_BYTES + 1024 * 1024
-            if scope["path"].endswith("/audio/transcriptions")
-            else settings.API_MAX_JSON_BODY_BYTES
-        )
+        if scope["path"].endswith("/audio/transcriptions"):
+            limit = settings.API_MAX_AUDIO_BYTES + 1024 * 1024
+        elif _is_anthropic_path(scope["path"]):
+            limit = settings.API_MAX_MESSAGES_BODY_BYTES
+        else:
+            limit = settings.API_MAX_JSON_BODY_BYTES
         try:
             body_file, body_size = await self._read_body(scope, receive, limit)
         except RequestAborted:

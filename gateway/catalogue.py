@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from accounts.access import WorkspaceAccess
+from apikeys.services import KeyGrant
 from gateway import errors
 from gateway.models import CatalogueModel
 from writingmate.db import run_db
@@ -72,12 +73,20 @@ def forget_catalogue() -> None:
     _loaded_at = float("-inf")
 
 
-async def models_for(workspace: WorkspaceAccess) -> list[CatalogueEntry]:
+async def models_for(workspace: WorkspaceAccess, *, key: KeyGrant | None = None) -> list[CatalogueEntry]:
+    """The models the workspace's plan allows, and the key's allowlist, if it has one (a model the key may
+    not use is not listed: clients pick from this list)."""
     entries = await enabled_models()
-    return [entry for entry in entries.values() if workspace.allows_model(slug=entry.slug, tier=entry.tier)]
+    return [
+        entry
+        for entry in entries.values()
+        if workspace.allows_model(slug=entry.slug, tier=entry.tier) and (key is None or key.allows_model(entry.slug))
+    ]
 
 
-async def ensure_model_allowed(*, slug: object, workspace: WorkspaceAccess, kind: str) -> CatalogueEntry:
+async def ensure_model_allowed(
+    *, slug: object, workspace: WorkspaceAccess, kind: str, key: KeyGrant | None = None
+) -> CatalogueEntry:
     """The catalogue entry for `slug`, or the 404 / 403 that OpenAI clients expect."""
     if not isinstance(slug, str) or not slug:
         raise errors.invalid_request(
@@ -94,4 +103,20 @@ async def ensure_model_allowed(*, slug: object, workspace: WorkspaceAccess, kind
             param="model",
             code="model_not_allowed",
         )
+    if key is not None:
+        ensure_key_allows(entry, key=key, requested=slug)
     return entry
+
+
+def ensure_key_allows(entry: CatalogueEntry, *, key: KeyGrant, requested: str) -> None:
+    """The 403 for a model outside the developer key's allowlist (set by its owner), naming the key."""
+    if key.allows_model(entry.slug):
+        return
+    raise errors.ApiError(
+        f"The model `{requested}` is not in the model allowlist of the developer key {key.key_prefix}… "
+        f"(it allows {', '.join(key.allowed_models)}). The key's owner can change the allowlist in "
+        "Settings → API Keys; other keys of the workspace are not affected.",
+        status=403,
+        param="model",
+        code="model_not_allowed_for_key",
+    )

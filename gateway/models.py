@@ -79,6 +79,19 @@ class ModelAlias(models.Model):
         limit_choices_to={"kind": CatalogueModel.Kind.CHAT},
         help_text="Served instead when the workspace's plan does not include the target (optional).",
     )
+    stands_in = models.BooleanField(
+        default=False,
+        help_text=(
+            "The id names a model this server does not have (Claude Code's defaults): adapt the request's "
+            "top-level settings to the target, so it is not refused for them. Adaptive thinking becomes a "
+            "thinking budget, output_config.effort is left out, max_tokens is capped below."
+        ),
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The target's largest max_tokens; a request asking for more is capped (empty: no cap).",
+    )
     note = models.CharField(max_length=200, blank=True, help_text="Why this alias exists (shown to staff only).")
     updated_at = models.DateTimeField(auto_now=True)
 

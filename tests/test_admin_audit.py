@@ -270,7 +270,13 @@ def test_the_ledger_lists_names_filters_by_billing_day_and_exports_names(staff, 
     assert {e.request_id for e in page.context["cl"].result_list} == {"a1", "a2", "b1", "b2"}
     html = page.content.decode()
     assert "alice@example.com" in html and "laptop (" in html and "Acme research" in html
-    assert dict(page.context_data["totals"])["Messages"] == 5
+    totals = dict(page.context_data["totals"])
+    assert (totals["Messages"], totals["Requests"], totals["Input tokens"], totals["Output tokens"]) == (
+        5,
+        4,
+        20030,
+        20,
+    )
     day = yesterday_usage["day"]
     drilled = staff.get(url, {"day__year": day.year, "day__month": day.month, "day__day": day.day})
     assert {e.request_id for e in drilled.context["cl"].result_list} == {"a1", "a2", "b1", "b2"}
@@ -327,3 +333,16 @@ def test_audit_lists_cost_the_same_queries_for_ten_rows_or_fifty(
     flush_refusals_sync()
     assert queries() == few
     assert few <= 16, few  # session, user, filters, page, count, three prefetches, totals
+
+
+def test_the_audit_checks_the_breakdown_by_key_and_model_too(yesterday_usage):
+    from billing.rollups import audit_daily_message_counts
+
+    assert audit_daily_message_counts().ok
+    row = DailyKeyModelCount.objects.get(key=yesterday_usage["bob_key"], day=yesterday_usage["day"])
+    row.count += 1
+    row.save(update_fields=["count"])
+    result = audit_daily_message_counts()
+    assert not result.ok and "daily_key_model_count" in result.mismatches[0]
+    rollup_daily_message_counts(days=[yesterday_usage["day"]])
+    assert audit_daily_message_counts().ok

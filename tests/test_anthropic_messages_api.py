@@ -503,3 +503,221 @@ def test_the_offline_demo_models_answer_here_too(base_url, caller, settings):
         assert stream.get_final_message().usage.output_tokens > 0
     lines = wait_for_usage_events(2)
     assert all(not line.tokens_estimated or line.completion_tokens > 0 for line in lines)
+
+
+def test_claude_codes_default_model_gets_the_settings_its_stand_in_takes(base_url, fake_upstream, caller):
+    messages = '[{"role":"user","content":[{"type":"text","text":"Hi","cache_control":{"type":"ephemeral"}}]}]'
+    raw = (
+        '{"model":"claude-opus-5-5","max_tokens":128000,"thinking":{"type":"adaptive"},'
+        '"output_config":{"effort":"high"},"context_management":{"edits":[]},"messages":' + messages + "}"
+    )
+    headers = {"x-api-key": caller.key, "content-type": "application/json"}
+    response = requests.post(f"{base_url}/v1/messages", data=raw, headers=headers, timeout=20)
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.last_request
+    assert sent.json["max_tokens"] == 64000
+    assert sent.json["thinking"] == {"type": "enabled", "budget_tokens": 32768}
+    assert "output_config" not in sent.json and sent.json["context_management"] == {"edits": []}
+    assert b'"messages":' + messages.encode() in sent.body  # the history, byte for byte
+
+    own_id = raw.replace("claude-opus-5-5", "claude-sonnet-4-5")  # the model's own id: nothing adapted
+    requests.post(f"{base_url}/v1/messages", data=own_id, headers=headers, timeout=20)
+    assert (
+        fake_upstream.last_request.body
+        == own_id.replace('"claude-sonnet-4-5"', '"anthropic/claude-sonnet-4.5"').encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "replace", "leave_out"),
+    [
+        (
+            {"max_tokens": 128000, "thinking": {"type": "adaptive"}},
+            {"max_tokens": 64000, "thinking": {"type": "enabled", "budget_tokens": 16384}},
+            set(),
+        ),
+        (
+            {"max_tokens": 2000, "thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}},
+            {"thinking": {"type": "enabled", "budget_tokens": 1999}},
+            {"output_config"},
+        ),
+        ({"max_tokens": 500, "thinking": {"type": "adaptive"}}, {}, {"thinking"}),
+        (
+            {"max_tokens": 100000, "thinking": {"type": "enabled", "budget_tokens": 90000}},
+            {"max_tokens": 64000, "thinking": {"type": "enabled", "budget_tokens": 63999}},
+            set(),
+        ),
+        (
+            {"max_tokens": 1000, "output_config": {"effort": "low", "format": {"type": "json_schema"}}},
+            {"output_config": {"format": {"type": "json_schema"}}},
+            set(),
+        ),
+    ],
+)
+def test_a_stand_in_adapts_only_top_level_settings(body, replace, leave_out):
+    from gateway.catalogue import CatalogueEntry
+    from gateway.surfaces.anthropic.adapt import adapt_request
+    from gateway.surfaces.anthropic.models import Resolved
+
+    entry = CatalogueEntry(CLAUDE, "Claude", "openrouter", "chat", CLAUDE, "premium", "anthropic", 0, False)
+    adaptation = adapt_request(body, Resolved(entry, stands_in=True, max_output_tokens=64000))
+    assert adaptation.replace == replace and adaptation.leave_out == leave_out
+    assert adapt_request(body, Resolved(entry)).replace == {}
+
+
+# ---- workspaces, BYOK, usage headers, throttling, disconnects ----------------------------------------
+
+
+def test_the_workspace_header_bills_another_workspace_of_the_caller(base_url, fake_upstream):
+    from accounts.access import bump_access_epoch
+    from accounts.models import Membership
+
+    caller = make_user("me@example.com", plan="free")
+    owner = make_user("owner@example.com", plan="pro")
+    Membership.objects.create(user=caller.user, workspace=owner.workspace, role=Membership.Role.MEMBER)
+    bump_access_epoch()
+    shared = anthropic.Anthropic(
+        base_url=base_url,
+        api_key=caller.key,
+        max_retries=0,
+        default_headers={"x-writingmate-workspace": str(owner.workspace.pk)},
+    )
+
+    raw = shared.messages.with_raw_response.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert raw.headers["x-ratelimit-limit-messages"] == "500"
+    assert raw.headers["x-writingmate-messages-counted"] == "1"
+    [line] = wait_for_usage_events(1)
+    assert line.workspace_id == owner.workspace.pk and line.user_id == caller.user.pk
+
+    stranger = make_user("stranger@example.com")
+    foreign = anthropic.Anthropic(
+        base_url=base_url,
+        api_key=caller.key,
+        max_retries=0,
+        default_headers={"x-writingmate-workspace": str(stranger.workspace.pk)},
+    )
+    with pytest.raises(anthropic.PermissionDeniedError, match="x-writingmate-workspace"):
+        foreign.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+
+
+def test_byok_sends_claude_and_translated_calls_with_the_users_own_key(client, fake_upstream, caller):
+    from accounts.access import bump_access_epoch
+    from accounts.encryption import encrypt_secret
+    from accounts.models import OpenRouterKey
+
+    OpenRouterKey.objects.create(user=caller.user, encrypted_key=encrypt_secret("sk-or-users-own"), last4="-own")
+    bump_access_epoch()
+
+    client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert fake_upstream.last_request.headers["authorization"] == "Bearer sk-or-users-own"
+    client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    assert fake_upstream.last_request.headers["authorization"] == "Bearer sk-or-users-own"
+    assert all(line.byok for line in wait_for_usage_events(2))
+
+
+def test_invalid_keys_are_throttled_per_address_in_anthropics_shape(base_url, fake_upstream, settings):
+    settings.API_INVALID_KEY_LIMIT_PER_MINUTE = 2
+    bad = anthropic.Anthropic(base_url=base_url, api_key="wmk_" + "y" * 40, max_retries=0)
+    for _ in range(3):  # blocked once past the limit
+        with pytest.raises(anthropic.AuthenticationError):
+            bad.messages.count_tokens(model=CLAUDE, messages=HELLO)
+
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        bad.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert raised.value.body["error"]["type"] == "rate_limit_error"
+    assert int(raised.value.response.headers["retry-after"]) > 0
+
+
+def test_a_client_that_leaves_mid_stream_is_billed_then_settled(live_server, fake_upstream, caller):
+    import socket
+    import time
+
+    from billing.settlement import settle_pending_generations
+    from gateway.providers.openrouter import fetch_generation_stats
+
+    fake_upstream.chunk_delay_ms = 150
+    fake_upstream.chunks = 20
+    fake_upstream.reply_text = " ".join(["word"] * 20)
+    fake_upstream.messages_usage = {"input_tokens": 30000, "cache_read_input_tokens": 0, "output_tokens": 900}
+    body = json.dumps({"model": CLAUDE, "max_tokens": 1000, "messages": HELLO, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+        sock.sendall(
+            b"POST /api/anthropic/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"x-api-key: {caller.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"content_block_delta") < 2:
+            received += sock.recv(65536)
+
+    [line] = wait_for_usage_events(1)
+    # The prompt came in message_start; the completion is what was delivered before the client left.
+    assert (line.status, line.tokens_estimated, line.prompt_tokens) == ("client_disconnected", True, 30000)
+    assert 0 < line.completion_tokens < 900
+    fake_upstream.wait_until_finished()
+    UsageEvent.objects.update(created_at=line.created_at - __import__("datetime").timedelta(minutes=1))
+    time.sleep(0.1)
+
+    assert settle_pending_generations(fetch_stats=fetch_generation_stats) == {"settled": 1}
+    settlement = UsageEvent.objects.get(kind=UsageEvent.Kind.SETTLEMENT)
+    assert settlement.completion_tokens == 900 - line.completion_tokens
+
+
+def test_a_model_is_retrieved_by_any_id_a_request_may_name(client, fake_upstream):
+    assert client.models.retrieve(CLAUDE).display_name == "Claude Sonnet 4.5"
+    assert client.models.retrieve("claude-opus-5-5").id == "claude-opus-5-5"
+    with pytest.raises(anthropic.NotFoundError, match="claude-nonexistent-9"):
+        client.models.retrieve("claude-nonexistent-9")
+
+
+def test_keep_alives_are_anthropics_ping_events_between_whole_events(base_url, fake_upstream, caller, settings):
+    settings.STREAM_HEARTBEAT_SECONDS = 0.05
+    fake_upstream.chunk_delay_ms = 200
+    fake_upstream.chunks = 2
+    fake_upstream.send_processing_comment = True  # OpenRouter's own keep-alive comment
+
+    claude = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    translated = _post(base_url, caller.key, {"model": GPT, "max_tokens": 64, "messages": HELLO, "stream": True})
+
+    ping = b'event: ping\ndata: {"type":"ping"}\n\n'
+    sent = b": OPENROUTER PROCESSING\n\n" + fake_upstream.requests_to("/messages")[-1].sent
+    assert claude.content.replace(ping, b"") == sent.replace(ping, b"")  # the upstream's bytes, all kept
+    assert claude.content.count(b"event: ping") > 2
+    events = _events(translated.content)
+    assert [e["type"] for e in events].count("ping") > 2
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+
+
+def test_a_large_session_fits_and_a_body_past_the_limit_is_request_too_large(base_url, fake_upstream, caller, settings):
+    big = "x" * (5 * 1024 * 1024)  # past /v1's JSON limit: a Claude Code session with screenshots
+    ok = _post(
+        base_url, caller.key, {"model": CLAUDE, "max_tokens": 16, "messages": [{"role": "user", "content": big}]}
+    )
+    assert ok.status_code == 200
+
+    settings.API_MAX_MESSAGES_BODY_BYTES = 1024 * 1024
+    refused = _post(
+        base_url, caller.key, {"model": CLAUDE, "max_tokens": 16, "messages": [{"role": "user", "content": big}]}
+    )
+    assert refused.status_code == 413 and refused.json()["error"]["type"] == "request_too_large"
+    assert refused.headers["request-id"].startswith("req_")
+
+
+def test_a_claude_stream_that_breaks_ends_with_an_error_event(base_url, fake_upstream, caller):
+    fake_upstream.fail_next("drop_mid_stream", endpoint="/messages")
+    dropped = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    events = _events(dropped.content)
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "error"]
+    assert events[-1]["error"]["type"] == "api_error"
+
+    fake_upstream.fail_next("error_mid_stream", endpoint="/messages")
+    failed = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    assert _events(failed.content)[-1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert failed.content.count(b"event: error") == 1  # the upstream's own, relayed; nothing added
+
+    lines = wait_for_usage_events(2)
+    assert {line.status for line in lines} == {"failed"}

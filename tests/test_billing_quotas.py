@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from accounts.access import WorkspaceAccess, bump_access_epoch, load_user_access
 from accounts.models import AppSumoLicence, AppSumoTier, Plan
+from apikeys.models import DeveloperKey
 from billing import quotas
 from billing.ledger import UsageRecord, record_usage
 from billing.models import DailyMessageCount, QuotaReservation, UsageEvent
@@ -441,23 +442,28 @@ import asyncio, json, os, sys
 import django
 django.setup()
 from accounts.access import load_user_access
-from billing.quotas import QuotaExceeded, reserve_message
+from billing.quotas import KeyBudget, QuotaExceeded, reserve_message
 from billing.ledger import UsageRecord
 from billing.recording import finish_request
 from writingmate.redis_connection import close_async_redis
 
 user_id, prefix = int(sys.argv[1]), sys.argv[2]
+key_id, key_limit = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (None, None)
+key = KeyBudget(key_id, "wmk_test", key_limit) if key_id else None
 access = load_user_access(user_id=user_id)
 workspace = access.workspaces[access.current_workspace_id]
 
 async def one(i):
     rid = f"{prefix}_{i}"
     try:
-        reservation = await reserve_message(request_id=rid, workspace=workspace, user_id=user_id, byok=False)
-    except QuotaExceeded:
+        reservation = await reserve_message(
+            request_id=rid, workspace=workspace, user_id=user_id, byok=False, key=key
+        )
+    except QuotaExceeded as exc:
+        assert exc.code == ("key_daily_limit_reached" if key else "daily_limit_exceeded"), exc.code
         return 0
     await finish_request(reservation=reservation, usage=UsageRecord(
-        request_id=rid, workspace_id=workspace.workspace_id, user_id=user_id, key_id=None, model="m",
+        request_id=rid, workspace_id=workspace.workspace_id, user_id=user_id, key_id=key_id, model="m",
         endpoint="chat.completions", prompt_tokens=10, completion_tokens=5, cached_tokens=0, byok=False,
         status="succeeded", latency_ms=1))
     return 1
@@ -482,6 +488,26 @@ def _database_url() -> str:
 @pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis), "database"])
 def test_two_processes_together_admit_exactly_the_limit(backend: str) -> None:
     owner = make_user("procs@example.com", plan=plan("ten-p", daily=10).slug).user
+
+    assert run_workers(backend, owner.pk) == 10
+    rollup_daily_message_counts()
+    assert DailyMessageCount.objects.get(workspace_id=owner.current_workspace_id).count == 10
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis), "database"])
+def test_two_processes_together_admit_exactly_a_keys_own_budget(backend: str) -> None:
+    caller = make_user("key-procs@example.com")  # unlimited plan: only the key's budget applies
+    key = DeveloperKey.objects.get(user=caller.user)
+
+    assert run_workers(backend, caller.user.pk, key_id=key.pk, key_limit=7) == 7
+    assert sum(UsageEvent.objects.filter(key_id=key.pk).values_list("counted_messages", flat=True)) == 7
+
+
+def run_workers(backend: str, user_id: int, *, key_id: int | None = None, key_limit: int | None = None) -> int:
+    """Two processes, 25 concurrent reservations each; how many of the 50 were admitted."""
+    key_args = [str(key_id), str(key_limit)] if key_id else []
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "writingmate.settings",
@@ -491,7 +517,7 @@ def test_two_processes_together_admit_exactly_the_limit(backend: str) -> None:
     }
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(owner.pk), f"p{n}"],
+            [sys.executable, "-c", _WORKER, str(user_id), f"p{n}", *key_args],
             env=env,
             cwd=django_settings.BASE_DIR,
             stdout=subprocess.PIPE,
@@ -505,10 +531,7 @@ def test_two_processes_together_admit_exactly_the_limit(backend: str) -> None:
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         admitted += json.loads(out.strip().splitlines()[-1])["admitted"]
-
-    assert admitted == 10
-    rollup_daily_message_counts()
-    assert DailyMessageCount.objects.get(workspace_id=owner.current_workspace_id).count == 10
+    return admitted
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

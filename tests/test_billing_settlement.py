@@ -189,3 +189,41 @@ def test_a_settlement_corrects_the_quota_counter(fake_upstream) -> None:
     fake_upstream.generation_stats["gen-q"] = {"native_tokens_prompt": 40000, "native_tokens_completion": 100}
     settle_generation(request_id="req_q")
     assert asyncio.run(budget_now()).remaining == 2
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_settlement_corrects_the_keys_own_budget_counter(fake_upstream) -> None:
+    import asyncio
+    import dataclasses
+
+    from accounts.access import load_user_access
+    from apikeys.models import DeveloperKey
+    from apikeys.services import limits_version, set_key_limits
+    from billing.quotas import KeyBudget, current_budget, reserve_message
+    from billing.recording import finish_request
+    from writingmate.redis_connection import close_async_redis
+
+    user = make_user("key-counter@example.com").user  # unlimited plan: the key's budget is the only limit
+    key = DeveloperKey.objects.get(user=user)
+    set_key_limits(key=key, daily_message_limit=5, allowed_models=[])
+    budget = KeyBudget(key.pk, key.prefix, 5, limits_version(key))
+    access = load_user_access(user_id=user.pk).workspaces[user.current_workspace_id]
+    line = dataclasses.replace(abandoned(user, "req_k", "gen-k"), key_id=key.pk)
+
+    async def finish_abandoned():
+        reservation = await reserve_message(
+            request_id="req_k", workspace=access, user_id=user.pk, byok=False, key=budget
+        )
+        await finish_request(reservation=reservation, usage=line)
+        return await budget_now()
+
+    async def budget_now():
+        remaining = (await current_budget(workspace=access, user_id=user.pk, key=budget)).remaining
+        await close_async_redis()
+        return remaining
+
+    assert asyncio.run(finish_abandoned()) == 4
+    fake_upstream.generation_stats["gen-k"] = {"native_tokens_prompt": 40000, "native_tokens_completion": 100}
+    settle_generation(request_id="req_k")
+    assert asyncio.run(budget_now()) == 2

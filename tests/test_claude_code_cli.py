@@ -119,6 +119,9 @@ def test_claude_code_answers_through_the_gateway(claude_code, live_server, fake_
     [sent, *_] = fake_upstream.requests_to("/messages")
     assert sent.json["model"] == "anthropic/claude-sonnet-4.5"  # claude-opus-5-5 by its alias
     assert sent.json["stream"] is True
+    # Its default model, claude-opus-5-5, stands in as Sonnet 4.5: settings only newer models take are adapted.
+    assert sent.json["max_tokens"] <= 64000 and "output_config" not in sent.json
+    assert sent.json.get("thinking", {}).get("type") != "adaptive"
     assert "claude-code-20250219" in sent.headers["anthropic-beta"]
     assert sent.headers["authorization"] == "Bearer sk-or-server-key"
     lines = wait_for_usage_events(len(fake_upstream.requests_to("/messages")))

@@ -178,6 +178,24 @@ def test_codex_answers_a_plain_prompt(run_codex, fake_upstream, caller):
 
 
 @live
+def test_codex_on_a_model_it_does_not_know_sends_its_namespace_tools_and_gets_an_answer(
+    run_codex, fake_upstream, caller
+):
+    # The first failure: for a model outside its bundled list Codex adds the multi_agent_v1
+    # namespace (and web_search), which used to be a 400 on tools[4].type.
+    fake_upstream.respond_with = lambda body: FakeReply(text="Pong from a model Codex does not know.")
+
+    result = run_codex("Say pong", "-m", "openai/gpt-5-mini")
+
+    assert result.returncode == 0, result.stderr
+    assert "Pong from a model Codex does not know." in result.stdout
+    [body] = _chat_requests(fake_upstream)
+    assert body["model"] == "openai/gpt-5-mini"
+    assert {"multi_agent_v1__spawn_agent", "multi_agent_v1__wait_agent"} <= set(_tool_names(body))
+    wait_for_usage_events(1, workspace_id=caller.workspace.pk)
+
+
+@live
 def test_codex_runs_a_shell_command_and_reads_its_output(run_codex, fake_upstream, caller):
     def respond(body: dict) -> FakeReply:
         results = [m for m in body["messages"] if m["role"] == "tool"]

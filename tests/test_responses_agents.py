@@ -540,6 +540,11 @@ def test_a_silent_upstream_gets_heartbeats_on_every_stream(live_server, fake_ups
 
     assert response.status_code == 200
     assert response.text.count(": keep-alive\n\n") >= 2
+    # Comments only ever come between events: every event still parses.
+    for block in response.text.split("\n\n"):
+        data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
+        if data and data != ["[DONE]"]:
+            json.loads("\n".join(data))
     assert response.text.rstrip().endswith("[DONE]") or '"response.completed"' in response.text
     [event] = wait_for_usage_events(1, workspace_id=caller.workspace.pk)
     assert event.status == "succeeded"
@@ -589,3 +594,50 @@ def test_chat_completions_pass_reasoning_through_both_ways(live_server, fake_ups
     streamed = "".join((c.choices[0].delta.model_extra or {}).get("reasoning") or "" for c in chunks if c.choices)
     assert streamed == "Greeting back."
     wait_for_usage_events(2, workspace_id=caller.workspace.pk)
+
+
+@live
+def test_a_namespaced_call_parses_as_the_sdks_function_call_streamed_and_not(client, fake_upstream, caller):
+    fake_upstream.respond_with = lambda body: FakeReply(tool=("multi_agent_v1__spawn_agent", '{"task": "lint"}'))
+
+    whole = client.responses.create(model=MODEL, input="Delegate", tools=[MULTI_AGENT])
+    events = list(client.responses.create(model=MODEL, input="Delegate", tools=[MULTI_AGENT], stream=True))
+
+    [call] = whole.output
+    assert (call.type, call.name, call.namespace, call.arguments) == (
+        "function_call",
+        "spawn_agent",
+        "multi_agent_v1",
+        '{"task": "lint"}',
+    )
+    [done] = [e for e in events if e.type == "response.output_item.done"]
+    assert (done.item.name, done.item.namespace) == ("spawn_agent", "multi_agent_v1")
+    [arguments] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert arguments.arguments == '{"task": "lint"}'
+    assert fake_upstream.last_request.json["tools"][0]["function"]["name"] == "multi_agent_v1__spawn_agent"
+    wait_for_usage_events(2, workspace_id=caller.workspace.pk)
+
+
+@live
+def test_an_in_band_compaction_trigger_streams_one_compaction_item(client, fake_upstream, caller):
+    fake_upstream.respond_with = lambda body: FakeReply(text="SUMMARY: a haiku about ponds.")
+
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input=[{"role": "user", "content": "Write a haiku"}, {"type": "compaction_trigger"}],
+            tools=CODEX_TOOLS,
+            stream=True,
+        )
+    )
+
+    [item] = events[-1].response.output
+    assert events[-1].type == "response.completed" and item.type == "compaction"
+    assert [e.type for e in events if e.type.startswith("response.output_item")] == [
+        "response.output_item.added",
+        "response.output_item.done",
+    ]
+    assert "tools" not in fake_upstream.last_request.json
+    assert compaction.expand(item.encrypted_content)[-1]["content"].endswith("SUMMARY: a haiku about ponds.")
+    [event] = wait_for_usage_events(1, workspace_id=caller.workspace.pk)
+    assert event.endpoint == "responses" and event.counted_messages == 1

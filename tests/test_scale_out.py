@@ -16,7 +16,7 @@ import pytest
 from accounts.models import Plan
 from apikeys.keys import generate_key
 from apikeys.models import DeveloperKey
-from apikeys.services import revoke_api_key
+from apikeys.services import revoke_api_key, set_key_limits
 from billing.models import DailyMessageCount
 from tests.fault_support import (
     assert_ledger_reconciles,
@@ -31,6 +31,7 @@ from tests.support import make_user
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 LIMIT = 6
+KEY_BUDGET = 5
 
 
 @pytest.fixture
@@ -65,6 +66,33 @@ def test_keys_revocations_limits_and_usage_are_shared_by_two_gateway_processes(t
     assert sum(e.counted_messages for e in events if e.workspace_id == caller.workspace.pk) == LIMIT
     assert_ledger_reconciles()
     assert DailyMessageCount.objects.get(workspace_id=caller.workspace.pk).count == LIMIT
+
+
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_a_keys_own_daily_budget_is_exact_across_two_gateway_processes(backend, fake_upstream):
+    caller = make_user("key-scale@example.com", plan="unlimited")  # only the key's own budget applies
+    key = DeveloperKey.objects.get(user=caller.user)
+    set_key_limits(key=key, daily_message_limit=KEY_BUDGET, allowed_models=[])
+    # Without Redis both processes enforce it in PostgreSQL, under the key's advisory lock.
+    env = gateway_env(**({"REDIS_URL": ""} if backend == "database" else {}))
+    fake_upstream.latency_ms = 300
+    with running_gateway(env) as first, running_gateway(env) as second:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            responses = list(pool.map(lambda n: (first, second)[n % 2].chat(caller.key), range(16)))
+
+    assert sorted(r.status_code for r in responses) == [200] * KEY_BUDGET + [429] * (16 - KEY_BUDGET)
+    for response in responses:
+        if response.status_code == 429:
+            assert_openai_error(
+                response,
+                status=429,
+                code="key_daily_limit_reached",
+                error_type="insufficient_quota",
+                message_contains=f"daily message budget of the developer key {key.prefix}…",
+            )
+    events = settle_ledger(KEY_BUDGET, timeout=10)
+    assert sum(e.counted_messages for e in events) == KEY_BUDGET
+    assert_ledger_reconciles()
 
 
 def test_invalid_key_counts_are_shared_by_the_processes(two_gateways):

@@ -18,7 +18,7 @@ from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from openai.types.responses import Response, ResponseItem
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 
 from accounts.models import User
 from gateway.models import StoredResponse, StoredResponseItem
@@ -38,6 +38,7 @@ WEATHER_TOOL = {
     "strict": True,
 }
 ITEMS = pydantic.TypeAdapter(ResponseItem)
+STREAM_EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 
 live = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -101,8 +102,8 @@ def test_a_response_is_readable_from_a_second_server_process(client, live_server
         other = sdk(f"{second.url}/api/openai/v1", caller.key)
         created = client.responses.create(model=MODEL, input="Say hello")
 
-        read = other.responses.retrieve(created.id)
-        assert read.model_dump() == created.model_dump()
+        read = other.responses.with_raw_response.retrieve(created.id)
+        assert validated(read.http_response.content).model_dump() == created.model_dump()
         items = list(other.responses.input_items.list(created.id))
         assert [(item.type, item.role) for item in items] == [("message", "user")]
 
@@ -137,6 +138,28 @@ def test_the_sdk_stream_helper_gives_an_id_that_can_be_read_at_once(client, fake
     assert final.store is True
     read = client.responses.retrieve(final.id)
     assert (read.id, read.output_text, read.usage) == (final.id, final.output_text, final.usage)
+
+
+@live
+def test_every_event_of_a_stored_stream_is_valid_and_the_final_response_is_what_is_stored(
+    live_server, fake_upstream, caller
+):
+    raw = requests.post(
+        f"{live_server.api_base}/responses",
+        json={"model": MODEL, "input": "Say hello", "stream": True},
+        headers={"Authorization": f"Bearer {caller.key}"},
+        timeout=20,
+    )
+    events = [
+        STREAM_EVENTS.validate_python(json.loads(line[len("data: ") :]))
+        for line in raw.text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+    assert events[0].type == "response.created" and events[0].response.store is True
+    assert events[-1].type == "response.completed"
+    stored = validated(StoredResponse.objects.get(pk=events[-1].response.id).response)
+    assert stored == events[-1].response
 
 
 @live
@@ -247,6 +270,12 @@ def test_previous_response_id_sends_the_stored_context_upstream_without_its_inst
         REPLY,
         "Once more",
     ]
+    # Continuing without storing: the context still goes upstream, the new response is not kept.
+    unstored = client.responses.create(model=MODEL, input="Off the record", previous_response_id=first.id, store=False)
+    assert [m["content"] for m in upstream_messages(fake_upstream)] == ["Hi there", REPLY, "Off the record"]
+    assert unstored.store is False and unstored.previous_response_id == first.id
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
     # The chain's input items: everything the model saw, ids kept from the responses before.
     listed = list(client.responses.input_items.list(third.id, order="asc"))
     assert [item.id for item in listed[:2]] == [
@@ -255,8 +284,8 @@ def test_previous_response_id_sends_the_stored_context_upstream_without_its_inst
     ]
     assert listed[3].id == second.output[0].id
     # Billed as one request each; the replayed context is in the upstream's own prompt count.
-    events = wait_for_usage_events(3, workspace_id=caller.workspace.pk)
-    assert [e.counted_messages for e in events] == [1, 1, 1]
+    events = wait_for_usage_events(4, workspace_id=caller.workspace.pk)
+    assert [e.counted_messages for e in events] == [1, 1, 1, 1]
 
 
 @live

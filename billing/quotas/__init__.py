@@ -1,4 +1,4 @@
-"""Daily, per-member and AppSumo message limits: atomic reserve and settle on the request path.
+"""Daily, per-member, per-key and AppSumo message limits: atomic reserve and settle on the request path.
 
 Fast path: one Lua script per reservation checks and holds every scope that applies at once
 (`counters`, scripts in `lua/`). Without Redis (or while it is unreachable, `breaker`) the same checks
@@ -29,12 +29,15 @@ from billing.quotas.scopes import (
     APPSUMO_DAILY_LIMIT,
     APPSUMO_MONTHLY_LIMIT,
     DAILY_LIMIT,
+    KEY_DAILY_LIMIT,
     MEMBER_DAILY_LIMIT,
     Budget,
     Counter,
+    KeyBudget,
     QuotaExceeded,
     Scope,
     counters_for,
+    key_counter_for,
     scopes_for,
 )
 
@@ -45,10 +48,12 @@ __all__ = [
     "BACKEND_NONE",
     "BACKEND_REDIS",
     "DAILY_LIMIT",
+    "KEY_DAILY_LIMIT",
     "MEMBER_DAILY_LIMIT",
     "Budget",
     "Counter",
     "CounterSettle",
+    "KeyBudget",
     "QuotaExceeded",
     "Reservation",
     "Scope",
@@ -58,6 +63,7 @@ __all__ = [
     "current_budget",
     "day_start",
     "format_duration",
+    "key_counter_for",
     "ledger_lines_for",
     "lock_in_transaction",
     "month_bounds",

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, IntegerField, Subquery, Sum, Value
+from django.db.models import Count, IntegerField, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -18,26 +18,36 @@ from accounts.models import Workspace
 from billing.models import QuotaReservation, UsageEvent
 from billing.quotas.scopes import Counter, Scope, distinct_counters
 
-# Namespace of the PostgreSQL advisory locks taken per workspace on the database path.
+# Namespaces of the PostgreSQL advisory locks taken per workspace and per developer key on the database path.
 _ADVISORY_LOCK_CLASS = 0x574D
+_KEY_LOCK_CLASS = 0x574B
 
 
-def counter_events(counter: Counter):
-    events = UsageEvent.objects.filter(
-        workspace_id=counter.workspace_id, day__gte=counter.first_day, day__lte=counter.last_day, byok=False
-    )
+def _owner_filter(counter: Counter) -> dict[str, int]:
+    """Whose lines a counter counts: one key's (in any workspace), or a workspace's (or one member's)."""
+    if counter.key_id is not None:
+        return {"key_id": counter.key_id}
+    owner = {"workspace_id": counter.workspace_id}
     if counter.user_id is not None:
-        events = events.filter(user_id=counter.user_id)
-    return events
+        owner["user_id"] = counter.user_id
+    return owner
 
 
-def counter_reservations(counter: Counter, now: dt.datetime):
-    reservations = QuotaReservation.objects.filter(
-        workspace_id=counter.workspace_id, day__gte=counter.first_day, day__lte=counter.last_day, expires_at__gt=now
+def _group_field(counter: Counter) -> str:
+    # A field constant over the counter's rows, so an aggregate over them is one row.
+    return "key_id" if counter.key_id is not None else "workspace_id"
+
+
+def counter_events(counter: Counter) -> QuerySet[UsageEvent]:
+    return UsageEvent.objects.filter(
+        **_owner_filter(counter), day__gte=counter.first_day, day__lte=counter.last_day, byok=False
     )
-    if counter.user_id is not None:
-        reservations = reservations.filter(user_id=counter.user_id)
-    return reservations
+
+
+def counter_reservations(counter: Counter, now: dt.datetime) -> QuerySet[QuotaReservation]:
+    return QuotaReservation.objects.filter(
+        **_owner_filter(counter), day__gte=counter.first_day, day__lte=counter.last_day, expires_at__gt=now
+    )
 
 
 def ledger_lines_for(counter: Counter, *, since: dt.datetime | None = None) -> list[tuple[str, int, str]]:
@@ -75,12 +85,13 @@ def figures_at_once(counters: Sequence[Counter], *, workspace_id: int, request_i
     now = timezone.now()
     annotations = {}
     for index, counter in enumerate(counters):
-        used = counter_events(counter).order_by().values("workspace_id").annotate(total=Sum("counted_messages"))
+        group = _group_field(counter)
+        used = counter_events(counter).order_by().values(group).annotate(total=Sum("counted_messages"))
         holds = (
             counter_reservations(counter, now)
             .exclude(request_id=request_id)
             .order_by()
-            .values("workspace_id")
+            .values(group)
             .annotate(total=Count("id"))
         )
         annotations[f"used_{index}"] = Coalesce(Subquery(used.values("total"), output_field=IntegerField()), Value(0))
@@ -104,10 +115,13 @@ def lock_in_transaction(*, namespace: int, key: int) -> None:
         QuotaReservation.objects.filter(pk=-1).delete()
 
 
-def _lock_workspace(workspace_id: int) -> None:
+def _lock_workspace(workspace_id: int, key_id: int | None) -> None:
+    """The workspace's lock, then (a key's budget spans workspaces) the key's; always in that order."""
     lock_in_transaction(namespace=_ADVISORY_LOCK_CLASS, key=workspace_id)
     # Reservations of processes that died would otherwise linger until their workspace's next reserve.
     QuotaReservation.objects.filter(workspace_id=workspace_id, expires_at__lte=timezone.now()).delete()
+    if key_id is not None:
+        lock_in_transaction(namespace=_KEY_LOCK_CLASS, key=key_id)
 
 
 def reserve_in_database(
@@ -120,15 +134,17 @@ def reserve_in_database(
     reserve: bool,
     extra_holds: dict[str, int] | None = None,
 ) -> tuple[bool, dict[str, tuple[int, int]]]:
-    """Check every scope and, if all have room (and `reserve`), hold one message. Under a workspace lock.
+    """Check every scope and, if all have room (and `reserve`), hold one message. Under a workspace lock
+    (and the key's, when the key has a budget of its own).
 
     `extra_holds` are in-flight messages per counter key the database does not know (Redis holds).
     Returns (admitted, {counter key: (used, in flight)}), in-flight figures including this reservation.
     """
     counters = distinct_counters(scopes)
+    key_id = next((c.key_id for c in counters if c.key_id is not None), None)
     with transaction.atomic():
         if reserve:
-            _lock_workspace(workspace_id)
+            _lock_workspace(workspace_id, key_id)
         now = timezone.now()
         figures = figures_at_once(counters, workspace_id=workspace_id, request_id=request_id)
         if extra_holds:
@@ -138,7 +154,13 @@ def reserve_in_database(
             expires_at = now + dt.timedelta(seconds=settings.BILLING_RESERVATION_TTL_SECONDS)
             QuotaReservation.objects.update_or_create(
                 request_id=request_id,
-                defaults={"workspace_id": workspace_id, "user_id": user_id, "day": day, "expires_at": expires_at},
+                defaults={
+                    "workspace_id": workspace_id,
+                    "user_id": user_id,
+                    "key_id": key_id,
+                    "day": day,
+                    "expires_at": expires_at,
+                },
             )
             figures = {key: (used, inflight + 1) for key, (used, inflight) in figures.items()}
     return admitted, figures

@@ -18,7 +18,16 @@ from billing.quotas.breaker import local_holds, redis_health
 from billing.quotas.counters import CounterSettle, run_reserve_script, settle_counters
 from billing.quotas.database import release_database_reservations, reserve_in_database
 from billing.quotas.periods import billing_day
-from billing.quotas.scopes import Budget, Counter, Scope, budget_for, distinct_counters, refusal_for, scopes_for
+from billing.quotas.scopes import (
+    Budget,
+    Counter,
+    KeyBudget,
+    Scope,
+    budget_for,
+    distinct_counters,
+    refusal_for,
+    scopes_for,
+)
 from writingmate.db import run_db
 from writingmate.redis_connection import async_redis
 
@@ -99,16 +108,23 @@ async def _check(
 
 
 async def reserve_message(
-    *, request_id: str, workspace: WorkspaceAccess, user_id: int, byok: bool, access_epoch: int | None = None
+    *,
+    request_id: str,
+    workspace: WorkspaceAccess,
+    user_id: int,
+    byok: bool,
+    access_epoch: int | None = None,
+    key: KeyBudget | None = None,
 ) -> Reservation:
     """Hold one message in every limit that applies, atomically across them, or raise QuotaExceeded.
 
     BYOK requests are never refused and hold nothing; their reservation carries the budget for headers.
     Idempotent per request id: reserving twice holds one message. `access_epoch`: the epoch at which
     the caller's grant was read, when it is still to be confirmed (AccessChanged if it is stale).
+    `key`: the developer key's own daily budget, held in the same atomic step as the others.
     """
     day = billing_day()
-    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day)
+    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day, key=key)
     counters = tuple(distinct_counters(scopes))
     if not scopes:
         if access_epoch is not None:
@@ -134,10 +150,10 @@ async def reserve_message(
     return Reservation(request_id, workspace.workspace_id, user_id, byok, budget, day, backend, counters)
 
 
-async def current_budget(*, workspace: WorkspaceAccess, user_id: int) -> Budget:
+async def current_budget(*, workspace: WorkspaceAccess, user_id: int, key: KeyBudget | None = None) -> Budget:
     """The caller's budget without reserving anything (for responses such as GET /v1/models)."""
     day = billing_day()
-    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day)
+    scopes = scopes_for(workspace=workspace, user_id=user_id, day=day, key=key)
     if not scopes:
         return budget_for(scopes, {}, day)
     _admitted, figures, _backend = await _check(

@@ -1,7 +1,7 @@
 """Which limits apply to a request (scopes over counters), and what a budget or a refusal says about them.
 
-A counter is a range of billing days of one workspace (or one member of it); a scope is a limit on a
-counter. Both are pure values, remembered per workspace snapshot, user and day.
+A counter is a range of billing days of one workspace (or one member of it, or one developer key); a
+scope is a limit on a counter. Both are pure values, remembered per workspace snapshot, user, key and day.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ DAILY_LIMIT = "daily_limit_exceeded"
 MEMBER_DAILY_LIMIT = "member_daily_limit_exceeded"
 APPSUMO_DAILY_LIMIT = "appsumo_daily_limit_exceeded"
 APPSUMO_MONTHLY_LIMIT = "appsumo_monthly_limit_exceeded"
+KEY_DAILY_LIMIT = "key_daily_limit_reached"
+
+_BYOK_NOTE = "Requests made with your own OpenRouter key (BYOK) do not count against it."
 
 _KEY_PREFIX = "wm:quota:"
 # Counters outlive their period a little so that late settles of a period's last requests land.
@@ -68,14 +71,18 @@ class Budget:
 
 @dataclass(frozen=True)
 class Counter:
-    """One quota counter: a workspace's (or a member's) messages over a range of billing days."""
+    """One quota counter: a workspace's (or a member's, or a key's) messages over a range of billing days.
+
+    A key's counter spans every workspace the key is used in (`workspace_id` None).
+    """
 
     key: str
-    workspace_id: int
+    workspace_id: int | None
     user_id: int | None
     first_day: dt.date
     last_day: dt.date
     reset_at: dt.datetime
+    key_id: int | None = None
 
     @property
     def expire_at_ms(self) -> int:
@@ -94,6 +101,17 @@ class Scope:
     description: str
     limit: int
     counter: Counter
+    note: str = _BYOK_NOTE  # the refusal's last sentence
+
+
+@dataclass(frozen=True)
+class KeyBudget:
+    """A developer key's own daily message budget; `version` changes whenever its owner changes it."""
+
+    key_id: int
+    prefix: str
+    daily_message_limit: int
+    version: int = 0
 
 
 def counters_for(*, workspace_id: int, user_id: int, day: dt.date) -> tuple[Counter, Counter, Counter]:
@@ -120,13 +138,30 @@ def _counters(workspace_id: int, user_id: int, day: dt.date, _timezone: str) -> 
     )
 
 
-def scopes_for(*, workspace: WorkspaceAccess, user_id: int, day: dt.date) -> tuple[Scope, ...]:
-    """Every limit that applies to a request by `user_id` in `workspace` on `day` (remembered: it is pure)."""
-    return _scopes(workspace, user_id, day, settings.BILLING_DAY_TIMEZONE)
+def key_counter_for(*, key_id: int, version: int, day: dt.date) -> Counter:
+    """The counter of a key's budget on `day`; a new `version` (the budget set anew) is a new counter,
+    rebuilt from the ledger, so messages settled while the key had no budget are never missed."""
+    return _key_counter(key_id, version, day, settings.BILLING_DAY_TIMEZONE)
 
 
 @functools.lru_cache(maxsize=8192)
-def _scopes(workspace: WorkspaceAccess, user_id: int, day: dt.date, _timezone: str) -> tuple[Scope, ...]:
+def _key_counter(key_id: int, version: int, day: dt.date, _timezone: str) -> Counter:
+    next_day = day_start(day + dt.timedelta(days=1))
+    return Counter(f"key:{key_id}:v{version}:d:{day.isoformat()}", None, None, day, day, next_day, key_id)
+
+
+def scopes_for(
+    *, workspace: WorkspaceAccess, user_id: int, day: dt.date, key: KeyBudget | None = None
+) -> tuple[Scope, ...]:
+    """Every limit that applies to a request by `user_id` in `workspace` on `day` with the developer key
+    whose budget is `key` (remembered: it is pure)."""
+    return _scopes(workspace, user_id, day, settings.BILLING_DAY_TIMEZONE, key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _scopes(
+    workspace: WorkspaceAccess, user_id: int, day: dt.date, _timezone: str, key: KeyBudget | None
+) -> tuple[Scope, ...]:
     workspace_day, member_day, workspace_month = counters_for(
         workspace_id=workspace.workspace_id, user_id=user_id, day=day
     )
@@ -164,6 +199,17 @@ def _scopes(workspace: WorkspaceAccess, user_id: int, day: dt.date, _timezone: s
                 workspace_month,
             )
         )
+    if key is not None:
+        scopes.append(
+            Scope(
+                KEY_DAILY_LIMIT,
+                f"daily message budget of the developer key {key.prefix}…",
+                key.daily_message_limit,
+                key_counter_for(key_id=key.key_id, version=key.version, day=day),
+                "The key's owner can raise or remove it in Settings → API Keys; the workspace's other keys "
+                "are not affected. " + _BYOK_NOTE,
+            )
+        )
     return tuple(scopes)
 
 
@@ -196,7 +242,7 @@ def refusal_for(scopes: Sequence[Scope], figures: dict[str, tuple[int, int]]) ->
     message = (
         f"You have reached the {scope.description}: {scope.limit} messages, {used + inflight} used{in_flight_note}. "
         f"It resets at {scope.counter.reset_at.strftime('%Y-%m-%dT%H:%M:%SZ')} (in {format_duration(retry_after)}). "
-        "Requests made with your own OpenRouter key (BYOK) do not count against it."
+        f"{scope.note}"
     )
     return QuotaExceeded(
         message=message,

@@ -28,12 +28,13 @@ from billing.idempotency import (
     complete_idempotent,
 )
 from billing.ledger import UsageRecord, count_for
-from billing.quotas import QuotaExceeded, Reservation, reserve_message
+from billing.quotas import KeyBudget, QuotaExceeded, Reservation, reserve_message
 from billing.recording import finish_request
 from gateway import catalogue, metrics
 from gateway.core import validation
 from gateway.core.routing import Route, route_chat
 from gateway.core.streaming import CallOutcome, relay_events
+from gateway.core.upstream_fields import strip_upstream_control_fields
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
@@ -122,11 +123,13 @@ def upstream_error(response: UpstreamResponse, *, byok: bool) -> ApiError:
 
 
 async def _send_with_retry(route: Route, call: UpstreamCall) -> UpstreamResponse:
-    """Send once more after a connection error or a 5xx: nothing has reached the client yet."""
+    """Send once more only when the first copy was never sent (the connection could not be opened).
+
+    Never after a 5xx, a dropped connection or a timeout: the upstream may have received the body and
+    run (and billed) the model; a second copy would run it twice.
+    """
     try:
-        response = await route.provider.send(call)
-        if response.status < 500:
-            return response
+        return await route.provider.send(call)
     except ProviderError as exc:
         if not exc.retryable:
             raise
@@ -219,8 +222,16 @@ async def admit(
     entry = (await catalogue.enabled_models()).get(model)
     validation.check_routing(body, entry, model)
     check(body)
-    entry = await catalogue.ensure_model_allowed(slug=model, workspace=caller.workspace, kind=kind)
+    entry = await catalogue.ensure_model_allowed(slug=model, workspace=caller.workspace, kind=kind, key=caller.grant)
     return model, entry
+
+
+def key_budget(caller: ApiCaller) -> KeyBudget | None:
+    """The developer key's own daily budget, if its owner set one."""
+    grant = caller.grant
+    if grant.daily_message_limit is None:
+        return None
+    return KeyBudget(grant.key_id, grant.key_prefix, grant.daily_message_limit, grant.limits_version)
 
 
 async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reservation:
@@ -231,6 +242,7 @@ async def reserve(*, caller: ApiCaller, route: Route, request_id: str) -> Reserv
             user_id=caller.user_id,
             byok=route.byok,
             access_epoch=caller.unconfirmed_epoch,
+            key=key_budget(caller),
         )
     except QuotaExceeded as exc:
         raise quota_error(exc) from None
@@ -244,7 +256,11 @@ async def send_upstream(
     finish: Callable[[], Awaitable[None]],
     reservation: Reservation,
 ) -> UpstreamResponse:
-    """The upstream's 200 response; any failure is first recorded through `finish`, then raised as an ApiError."""
+    """The upstream's 200 response; any failure is first recorded through `finish`, then raised as an ApiError.
+
+    Body fields that name an upstream, a credential or a proxy are dropped here, for every surface.
+    """
+    call = strip_upstream_control_fields(call)
     try:
         outcome.reached_upstream = True
         upstream = await _send_with_retry(route, call)

@@ -10,10 +10,11 @@ still be billed for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -95,35 +96,59 @@ def _without_usage(event: dict) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def with_heartbeats(chunks: AsyncIterator[bytes], *, interval: float) -> AsyncIterator[bytes | None]:
-    """The upstream's chunks, and None each time it stays silent for `interval` seconds.
+async def send_event_stream(
+    events: AsyncIterator[bytes], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
+) -> None:
+    """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
+    STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
+    silent stream (a reasoning model thinking) open.
 
-    The pending read is never cancelled by the wait (that would end the upstream's iterator); it is
-    only cancelled when the caller stops early.
+    One timer per stream, moved lazily: a sent chunk only records the time, so the hot path pays one
+    clock read. A heartbeat is sent from the timer while the stream waits for its upstream; the next
+    chunk waits for it to finish, so the two never interleave.
     """
+    interval = settings.STREAM_HEARTBEAT_SECONDS
     if interval <= 0:
-        async for chunk in chunks:
-            yield chunk
+        async for chunk in events:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         return
-    iterator = aiter(chunks)
-    pending: asyncio.Future | None = None
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    beating: asyncio.Task | None = None
+
+    async def beat() -> None:
+        nonlocal last_sent
+        with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
+            await send({"type": "http.response.body", "body": heartbeat, "more_body": True})
+        last_sent = loop.time()
+
+    def check() -> None:
+        nonlocal timer, beating
+        now = loop.time()
+        if beating is not None and beating.done():
+            beating = None
+        if now - last_sent >= interval and beating is None:
+            beating = loop.create_task(beat())
+            due = now + interval
+        else:
+            due = max(last_sent + interval, now + 0.001)
+        timer = loop.call_at(due, check)
+
+    timer = loop.call_at(last_sent + interval, check)
     try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait((pending,), timeout=interval)
-            if not done:
-                yield None
+        async for chunk in events:
+            if not chunk:
                 continue
-            read, pending = pending, None
-            try:
-                chunk = read.result()
-            except StopAsyncIteration:
-                return
-            yield chunk
+            if beating is not None:
+                await beating
+                beating = None
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last_sent = loop.time()
     finally:
-        if pending is not None:
-            pending.cancel()
+        timer.cancel()
+        if beating is not None:
+            await beating
 
 
 async def relay_events(
@@ -133,10 +158,7 @@ async def relay_events(
     finished = False
     metrics.stream_opened()
     try:
-        async for chunk in with_heartbeats(upstream.chunks, interval=settings.STREAM_HEARTBEAT_SECONDS):
-            if chunk is None:
-                yield HEARTBEAT  # between events: the buffer only ever holds an unfinished one
-                continue
+        async for chunk in upstream.chunks:
             buffer += chunk
             start = 0
             # Events that arrived together leave together: one send per upstream read, not per event.
@@ -234,8 +256,9 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
 class EventStreamResponse(StreamingHttpResponse):
     """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
 
-    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8")
         self.events = events
+        self.heartbeat = heartbeat  # what a silent stream sends (Anthropic's surface: an `event: ping`)
         for name, value in {**SSE_HEADERS, **headers}.items():
             self[name] = value

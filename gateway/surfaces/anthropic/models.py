@@ -21,6 +21,17 @@ from writingmate.db import run_db
 class _Alias:
     target: str
     fallback: str | None
+    stands_in: bool = False
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The catalogue model serving a request, and how its request is adapted (ModelAlias.stands_in)."""
+
+    entry: CatalogueEntry
+    stands_in: bool = False
+    max_output_tokens: int | None = None
 
 
 _aliases: dict[str, _Alias] = {}
@@ -28,8 +39,11 @@ _loaded_at = float("-inf")
 
 
 def _load() -> dict[str, _Alias]:
-    rows = ModelAlias.objects.values_list("alias", "target__slug", "fallback__slug")
-    return {alias: _Alias(target=target, fallback=fallback) for alias, target, fallback in rows}
+    rows = ModelAlias.objects.values_list("alias", "target__slug", "fallback__slug", "stands_in", "max_output_tokens")
+    return {
+        alias: _Alias(target=target, fallback=fallback, stands_in=stands_in, max_output_tokens=cap)
+        for alias, target, fallback, stands_in, cap in rows
+    }
 
 
 async def _alias_table() -> dict[str, _Alias]:
@@ -60,7 +74,7 @@ def _not_in_plan(model: str, workspace: WorkspaceAccess) -> ApiError:
     )
 
 
-async def resolve_model(model: object, workspace: WorkspaceAccess) -> CatalogueEntry:
+async def resolve_model(model: object, workspace: WorkspaceAccess) -> Resolved:
     """The catalogue entry serving `model` for this workspace, or a 400 / 403 / 404 naming it."""
     if not isinstance(model, str) or not model:
         raise invalid_request("model: Field required", param="model")
@@ -73,10 +87,10 @@ async def resolve_model(model: object, workspace: WorkspaceAccess) -> CatalogueE
         candidates = [entries.get(alias.target), entries.get(alias.fallback) if alias.fallback else None]
         for candidate in candidates:
             if candidate is not None and workspace.allows_model(slug=candidate.slug, tier=candidate.tier):
-                return candidate
+                return Resolved(candidate, stands_in=alias.stands_in, max_output_tokens=alias.max_output_tokens)
         if not any(candidates):
             raise not_found_model(model)
         raise _not_in_plan(model, workspace)
     if not workspace.allows_model(slug=entry.slug, tier=entry.tier):
         raise _not_in_plan(model, workspace)
-    return entry
+    return Resolved(entry)

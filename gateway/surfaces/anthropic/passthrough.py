@@ -23,8 +23,12 @@ class RawBody:
     text: str
     members: dict[str, tuple[int, int, int]]  # key -> (member start, value start, value end) in `text`
 
-    def with_model(self, model: str, *, leave_out: frozenset[str] = frozenset()) -> bytes:
-        """The body with `model` replaced and `leave_out` members gone; every other byte as it came."""
+    def with_model(
+        self, model: str, *, leave_out: frozenset[str] = frozenset(), replace: dict[str, object] | None = None
+    ) -> bytes:
+        """The body with `model` and the `replace` members' values replaced and `leave_out` members gone;
+        every other byte as it came."""
+        replace = {**(replace or {}), "model": model}
         ordered = sorted(self.members.items(), key=lambda item: item[1][0])
         kept = [(i, key, span) for i, (key, span) in enumerate(ordered) if key not in leave_out]
         text = self.text
@@ -32,8 +36,8 @@ class RawBody:
             return text.encode()
         parts = [text[: ordered[0][1][0]]]
         for position, (i, key, (start, value_start, end)) in enumerate(kept):
-            if key == "model":
-                parts.append(text[start:value_start] + json.dumps(model))
+            if key in replace:
+                parts.append(text[start:value_start] + json.dumps(replace[key], separators=(",", ":")))
             else:
                 parts.append(text[start:end])
             if position + 1 < len(kept):

@@ -23,13 +23,14 @@ from gateway.core.routing import Route, route_chat
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
+from gateway.surfaces.anthropic.adapt import Adaptation, adapt_request
 from gateway.surfaces.anthropic.events import (
     MessagesOutcome,
     delivered_message_text,
     relay_message_events,
     translate_chat_events,
 )
-from gateway.surfaces.anthropic.models import is_claude, resolve_model
+from gateway.surfaces.anthropic.models import Resolved, is_claude, resolve_model
 from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
 
@@ -51,12 +52,13 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
             )
 
 
-async def _admit(caller: ApiCaller, body: dict) -> tuple[catalogue.CatalogueEntry, Route]:
+async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
     try:
         translate.check_request(body)
-        entry = await resolve_model(body.get("model"), caller.workspace)
-        _check_routing(body, entry)
-        return entry, route_chat(entry=entry, caller=caller)
+        resolved = await resolve_model(body.get("model"), caller.workspace)
+        catalogue.ensure_key_allows(resolved.entry, key=caller.grant, requested=str(body.get("model")))
+        _check_routing(body, resolved.entry)
+        return resolved, route_chat(entry=resolved.entry, caller=caller)
     except ApiError:
         if caller.unconfirmed_epoch is not None:
             # A refusal must rest on current access (a plan upgraded a moment ago, say), not on memory.
@@ -121,14 +123,22 @@ async def create_message(
     idempotency_key: str | None = None,
 ) -> GatewayCall:
     body, raw = parse_body(raw_body)
-    entry, route = await _admit(caller, body)
+    resolved, route = await _admit(caller, body)
+    adaptation = adapt_request(body, resolved)
     return await services.idempotently(
         caller=caller,
         idempotency_key=idempotency_key,
         raw_body=raw_body,
         stream=body.get("stream") is True,
         run=lambda: _create_admitted(
-            caller=caller, body=body, raw=raw, headers=headers, request_id=request_id, entry=entry, route=route
+            caller=caller,
+            body=body,
+            raw=raw,
+            adaptation=adaptation,
+            headers=headers,
+            request_id=request_id,
+            entry=resolved.entry,
+            route=route,
         ),
     )
 
@@ -138,6 +148,7 @@ async def _create_admitted(
     caller: ApiCaller,
     body: dict,
     raw: RawBody,
+    adaptation: Adaptation,
     headers: Mapping[str, str],
     request_id: str,
     entry: catalogue.CatalogueEntry,
@@ -166,12 +177,14 @@ async def _create_admitted(
             path="/messages",
             api_key=route.api_key,
             request_id=request_id,
-            raw_body=raw.with_model(entry.upstream_name, leave_out=LEAVE_OUT),
+            raw_body=raw.with_model(
+                entry.upstream_name, leave_out=LEAVE_OUT | adaptation.leave_out, replace=adaptation.replace
+            ),
             headers=_claude_headers(headers),
             stream=stream,
         )
     else:
-        chat = translate.chat_request(body, upstream_model=entry.upstream_name, stream=stream)
+        chat = translate.chat_request(adaptation.applied_to(body), upstream_model=entry.upstream_name, stream=stream)
         call = UpstreamCall(
             path="/chat/completions", api_key=route.api_key, request_id=request_id, json_body=chat, stream=stream
         )
@@ -218,9 +231,20 @@ async def count_tokens(*, caller: ApiCaller, raw_body: bytes) -> dict:
     return {"input_tokens": estimate_input_tokens(body)}
 
 
+def _model_info(model_id: str, entry: catalogue.CatalogueEntry) -> dict:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created))
+    return {"type": "model", "id": model_id, "display_name": entry.display_name, "created_at": created}
+
+
+async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
+    """One model by any id a request may name (slug or alias), as the model that would serve it."""
+    resolved = await resolve_model(model_id, caller.workspace)
+    return _model_info(model_id, resolved.entry)
+
+
 async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
     """The workspace's chat models in Anthropic's list shape (Claude Code reads it for its model picker)."""
-    entries = [e for e in await catalogue.models_for(caller.workspace) if e.kind == "chat"]
+    entries = [e for e in await catalogue.models_for(caller.workspace, key=caller.grant) if e.kind == "chat"]
     ids = [e.slug for e in entries]
     if after_id in ids:
         entries = entries[ids.index(after_id) + 1 :]
@@ -228,15 +252,7 @@ async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, be
         entries = entries[: ids.index(before_id)]
         entries = entries[-limit:]
     page = entries[:limit]
-    data = [
-        {
-            "type": "model",
-            "id": e.slug,
-            "display_name": e.display_name,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created)),
-        }
-        for e in page
-    ]
+    data = [_model_info(e.slug, e) for e in page]
     return {
         "data": data,
         "has_more": len(entries) > len(page),

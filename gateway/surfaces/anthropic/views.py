@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.request import Request
@@ -19,6 +20,7 @@ from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
+from gateway.surfaces.anthropic.events import PING
 
 _MISSING_KEY = (
     "x-api-key header is required: send your Writingmate developer key as x-api-key (ANTHROPIC_API_KEY) "
@@ -65,7 +67,7 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
@@ -126,3 +128,10 @@ class ModelsView(AnthropicView):
             before_id=request.query_params.get("before_id"),
         )
         return _json(page)
+
+
+class ModelView(AnthropicView):
+    endpoint = "models.retrieve"
+
+    async def get(self, request: Request, model_id: str) -> HttpResponseBase:
+        return _json(await service.retrieve_model(caller=self.caller, model_id=unquote(model_id)))

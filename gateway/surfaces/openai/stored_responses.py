@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -283,11 +283,56 @@ async def plan_storage(*, caller: ApiCaller, body: dict) -> StoragePlan:
 # ---- keeping a response -------------------------------------------------------------------------
 
 
+_ROW_COLUMNS = (
+    "id",
+    "workspace_id",
+    "user_id",
+    "key_id",
+    "request_id",
+    "model",
+    "status",
+    "previous_response_id",
+    "input_items",
+    "response",
+    "input_bytes",
+    "response_bytes",
+    "created_at",
+    "expires_at",
+)
+_ITEM_COLUMNS = ("workspace_id", "item_id", "response_id", "position")
+
+
+def _values(count: int, width: int) -> str:
+    return ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * count)
+
+
 def _save(rows: list[StoredResponse], index: list[StoredResponseItem]) -> None:
-    with transaction.atomic():
-        StoredResponse.objects.bulk_create(rows)
-        # An item replayed with the id it already has keeps pointing where it was first stored.
-        StoredResponseItem.objects.bulk_create(index, ignore_conflicts=True)
+    """The responses and their item index in one transaction; an item id already indexed keeps its place.
+
+    On PostgreSQL one statement (an INSERT inside a WITH) is the transaction: one round trip and no
+    model or query compiling, where bulk_create twice inside atomic() took four and ~0.9 ms of CPU.
+    """
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            StoredResponse.objects.bulk_create(rows)
+            StoredResponseItem.objects.bulk_create(index, ignore_conflicts=True)
+        return
+    response_table, item_table = StoredResponse._meta.db_table, StoredResponseItem._meta.db_table
+    insert_rows = (
+        f"INSERT INTO {response_table} ({', '.join(_ROW_COLUMNS)}) "  # noqa: S608 - fixed names, values bound
+        f"VALUES {_values(len(rows), len(_ROW_COLUMNS))}"
+    )
+    params = [getattr(row, column) for row in rows for column in _ROW_COLUMNS]
+    if index:
+        sql = (
+            f"WITH kept AS ({insert_rows}) INSERT INTO {item_table} ({', '.join(_ITEM_COLUMNS)}) "  # noqa: S608
+            f"VALUES {_values(len(index), len(_ITEM_COLUMNS))} ON CONFLICT (workspace_id, item_id) DO NOTHING"
+        )
+        params += [getattr(item, column) for item in index for column in _ITEM_COLUMNS]
+    else:
+        sql = insert_rows
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 @dataclass

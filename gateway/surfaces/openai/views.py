@@ -63,8 +63,10 @@ class ModelsView(AsyncApiView):
     endpoint = "models.list"
 
     async def get(self, request: Request) -> Response:
-        entries = await catalogue.models_for(self.caller.workspace)
-        budget = await current_budget(workspace=self.caller.workspace, user_id=self.caller.user_id)
+        entries = await catalogue.models_for(self.caller.workspace, key=self.caller.grant)
+        budget = await current_budget(
+            workspace=self.caller.workspace, user_id=self.caller.user_id, key=calls.key_budget(self.caller)
+        )
         return Response({"object": "list", "data": [_model_object(e) for e in entries]}, headers=budget.headers())
 
 
@@ -73,7 +75,7 @@ class ModelView(AsyncApiView):
 
     async def get(self, request: Request, model_id: str) -> Response:
         slug = unquote(model_id)
-        for entry in await catalogue.models_for(self.caller.workspace):
+        for entry in await catalogue.models_for(self.caller.workspace, key=self.caller.grant):
             if entry.slug == slug:
                 return Response(_model_object(entry))
         raise ApiError(f"The model '{slug}' does not exist", status=404, param="model", code="model_not_found")
