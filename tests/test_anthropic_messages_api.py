@@ -721,3 +721,17 @@ def test_a_claude_stream_that_breaks_ends_with_an_error_event(base_url, fake_ups
 
     lines = wait_for_usage_events(2)
     assert {line.status for line in lines} == {"failed"}
+
+
+def test_a_keys_model_allowlist_applies_and_an_alias_falls_back_within_it(client, fake_upstream, caller):
+    from accounts.access import bump_access_epoch
+    from apikeys.models import DeveloperKey
+    from apikeys.services import set_key_limits
+
+    set_key_limits(key=DeveloperKey.objects.get(user=caller.user), daily_message_limit=None, allowed_models=[GPT])
+    bump_access_epoch()
+
+    assert client.messages.create(model="claude-opus-5-5", max_tokens=16, messages=HELLO).model == GPT
+    with pytest.raises(anthropic.PermissionDeniedError, match="allowlist"):
+        client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert [m.id for m in client.models.list()] == [GPT]

@@ -55,8 +55,7 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
 async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
     try:
         translate.check_request(body)
-        resolved = await resolve_model(body.get("model"), caller.workspace)
-        catalogue.ensure_key_allows(resolved.entry, key=caller.grant, requested=str(body.get("model")))
+        resolved = await resolve_model(body.get("model"), caller.workspace, key=caller.grant)
         _check_routing(body, resolved.entry)
         return resolved, route_chat(entry=resolved.entry, caller=caller)
     except ApiError:
@@ -238,7 +237,7 @@ def _model_info(model_id: str, entry: catalogue.CatalogueEntry) -> dict:
 
 async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
     """One model by any id a request may name (slug or alias), as the model that would serve it."""
-    resolved = await resolve_model(model_id, caller.workspace)
+    resolved = await resolve_model(model_id, caller.workspace, key=caller.grant)
     return _model_info(model_id, resolved.entry)
 
 
