@@ -735,3 +735,11 @@ def test_a_keys_model_allowlist_applies_and_an_alias_falls_back_within_it(client
     with pytest.raises(anthropic.PermissionDeniedError, match="allowlist"):
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert [m.id for m in client.models.list()] == [GPT]
+
+
+def test_a_200_that_carries_an_error_is_an_api_error_not_an_empty_message(client, fake_upstream):
+    fake_upstream.fail_next("error_body_200", endpoint="/chat/completions")
+    with pytest.raises(anthropic.InternalServerError, match="Provider returned error"):
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    [line] = wait_for_usage_events(1)
+    assert line.status == "failed"

@@ -23,6 +23,7 @@ from gateway.errors import ApiError, from_drf_exception, service_unavailable
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
 from gateway.surfaces.anthropic.events import PING
+from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -116,22 +117,21 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     return response
 
 
-def _note_model(request: HttpRequest) -> None:
-    """The model named in the body, for the access log and metrics (cheap: no full parse)."""
-    head = request.body[:512]
-    start = head.find(b'"model"')
-    if start != -1:
-        value = head[start + 7 :].lstrip(b" \t\r\n:").split(b'"', 2)
-        if len(value) > 1:
-            request.api_model = value[1].decode("utf-8", "replace")[:200]
+def _parsed_body(request: HttpRequest) -> tuple[dict, RawBody]:
+    body, raw = parse_body(request.body)
+    if isinstance(body.get("model"), str):
+        request.api_model = body["model"][:200]  # for the access log, metrics and the refusal record
+    return body, raw
 
 
 @messages_endpoint(method="POST", name=service.ENDPOINT, reserves_quota=True)
 async def messages(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    _note_model(request)
+    body, raw = _parsed_body(request)
     call = await service.create_message(
         caller=caller,
         raw_body=request.body,
+        body=body,
+        raw=raw,
         headers=request.headers,
         request_id=request.request_id,
         idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
@@ -141,8 +141,8 @@ async def messages(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
 
 @messages_endpoint(method="POST", name="messages.count_tokens")
 async def count_tokens(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    _note_model(request)
-    return _json(await service.count_tokens(caller=caller, raw_body=request.body))
+    body, _ = _parsed_body(request)
+    return _json(await service.count_tokens(caller=caller, body=body))
 
 
 def _limit(raw: str | None) -> int:
