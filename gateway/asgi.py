@@ -144,7 +144,7 @@ class ApiHandler(ASGIHandler):
             return
         events = response.events
         try:
-            await send_event_stream(events, send)  # with heartbeats while the upstream is silent
+            await send_event_stream(events, send, heartbeat=response.heartbeat)  # while the upstream is silent
         finally:
             await events.aclose()
         await send({"type": "http.response.body"})
@@ -175,11 +175,12 @@ class ApiHandler(ASGIHandler):
             await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
-        limit = (
-            settings.API_MAX_AUDIO_BYTES + 1024 * 1024
-            if scope["path"].endswith("/audio/transcriptions")
-            else settings.API_MAX_JSON_BODY_BYTES
-        )
+        if scope["path"].endswith("/audio/transcriptions"):
+            limit = settings.API_MAX_AUDIO_BYTES + 1024 * 1024
+        elif _is_anthropic_path(scope["path"]):
+            limit = settings.API_MAX_MESSAGES_BODY_BYTES
+        else:
+            limit = settings.API_MAX_JSON_BODY_BYTES
         try:
             body_file = await self._read_body(scope, receive, limit)
         except RequestAborted:

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -201,9 +202,11 @@ class FakeUpstream:
         latency_ms: float = 0,
         record: bool = True,
         reply_text: str = DEFAULT_REPLY,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # serve HTTPS (tests make the certificate)
         self.record = record
         self.reply_text = reply_text
         self.usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_USAGE))
@@ -245,7 +248,8 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address keeps its brackets
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -266,11 +270,12 @@ class FakeUpstream:
         # handler_cancellation: a client that disconnects cancels its handler, which is how we see it.
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, backlog=backlog)
+        site = web.SockSite(self._runner, sock, backlog=backlog, ssl_context=self.ssl_context)
         await site.start()
 
     def start(self) -> FakeUpstream:

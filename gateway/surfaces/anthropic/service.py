@@ -55,8 +55,7 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
 async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
     try:
         translate.check_request(body)
-        resolved = await resolve_model(body.get("model"), caller.workspace)
-        catalogue.ensure_key_allows(resolved.entry, key=caller.grant, requested=str(body.get("model")))
+        resolved = await resolve_model(body.get("model"), caller.workspace, key=caller.grant)
         _check_routing(body, resolved.entry)
         return resolved, route_chat(entry=resolved.entry, caller=caller)
     except ApiError:
@@ -231,6 +230,17 @@ async def count_tokens(*, caller: ApiCaller, raw_body: bytes) -> dict:
     return {"input_tokens": estimate_input_tokens(body)}
 
 
+def _model_info(model_id: str, entry: catalogue.CatalogueEntry) -> dict:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created))
+    return {"type": "model", "id": model_id, "display_name": entry.display_name, "created_at": created}
+
+
+async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
+    """One model by any id a request may name (slug or alias), as the model that would serve it."""
+    resolved = await resolve_model(model_id, caller.workspace, key=caller.grant)
+    return _model_info(model_id, resolved.entry)
+
+
 async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
     """The workspace's chat models in Anthropic's list shape (Claude Code reads it for its model picker)."""
     entries = [e for e in await catalogue.models_for(caller.workspace, key=caller.grant) if e.kind == "chat"]
@@ -241,15 +251,7 @@ async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, be
         entries = entries[: ids.index(before_id)]
         entries = entries[-limit:]
     page = entries[:limit]
-    data = [
-        {
-            "type": "model",
-            "id": e.slug,
-            "display_name": e.display_name,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created)),
-        }
-        for e in page
-    ]
+    data = [_model_info(e.slug, e) for e in page]
     return {
         "data": data,
         "has_more": len(entries) > len(page),

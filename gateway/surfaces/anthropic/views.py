@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
@@ -21,6 +22,7 @@ from gateway.core.streaming import EventStreamResponse
 from gateway.errors import ApiError, from_drf_exception, service_unavailable
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
+from gateway.surfaces.anthropic.events import PING
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
@@ -160,3 +162,8 @@ async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponseBa
         before_id=request.GET.get("before_id"),
     )
     return _json(page)
+
+
+@messages_endpoint(method="GET", name="models.retrieve")
+async def models_retrieve(request: HttpRequest, caller: ApiCaller, model_id: str) -> HttpResponseBase:
+    return _json(await service.retrieve_model(caller=caller, model_id=unquote(model_id)))
