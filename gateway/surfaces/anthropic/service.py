@@ -245,7 +245,13 @@ async def count_tokens(*, caller: ApiCaller, body: dict) -> dict:
 
 def _model_info(model_id: str, entry: catalogue.CatalogueEntry) -> dict:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created))
-    return {"type": "model", "id": model_id, "display_name": entry.display_name, "created_at": created}
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": entry.display_name,
+        "created_at": created,
+        "lifecycle": "active",  # a catalogue model that is disabled is not listed at all
+    }
 
 
 async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
