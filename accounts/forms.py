@@ -48,16 +48,24 @@ class WorkspaceCreateForm(forms.Form):
     name = forms.CharField(max_length=200, label="Workspace name")
 
 
+class WorkspaceRenameForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Workspace name")
+
+
+ROLE_CHOICES = [
+    (Membership.Role.MEMBER, "Member"),
+    (Membership.Role.ADMIN, "Admin"),
+    (Membership.Role.OWNER, "Owner"),
+]
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
 class MemberAddForm(forms.Form):
     email = forms.EmailField(label="Email of an existing user", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
-    role = forms.ChoiceField(
-        choices=[
-            (Membership.Role.MEMBER, "Member"),
-            (Membership.Role.ADMIN, "Admin"),
-            (Membership.Role.OWNER, "Owner"),
-        ],
-        initial=Membership.Role.MEMBER,
-    )
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.MEMBER)
 
 
 class OpenRouterKeyForm(forms.Form):

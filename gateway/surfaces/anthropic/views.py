@@ -21,6 +21,7 @@ from gateway.errors import ApiError
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
 from gateway.surfaces.anthropic.events import PING
+from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
 
 _MISSING_KEY = (
     "x-api-key header is required: send your Writingmate developer key as x-api-key (ANTHROPIC_API_KEY) "
@@ -74,14 +75,11 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     return response
 
 
-def _note_model(request: HttpRequest) -> None:
-    """The model named in the body, for the access log and metrics (cheap: no full parse)."""
-    head = request.body[:512]
-    start = head.find(b'"model"')
-    if start != -1:
-        value = head[start + 7 :].lstrip(b" \t\r\n:").split(b'"', 2)
-        if len(value) > 1:
-            request.api_model = value[1].decode("utf-8", "replace")[:200]
+def _parsed_body(request: HttpRequest) -> tuple[dict, RawBody]:
+    body, raw = parse_body(request.body)
+    if isinstance(body.get("model"), str):
+        request.api_model = body["model"][:200]  # for the access log, metrics and the refusal record
+    return body, raw
 
 
 class MessagesView(AnthropicView):
@@ -90,10 +88,12 @@ class MessagesView(AnthropicView):
 
     async def post(self, request: Request) -> HttpResponseBase:
         http_request = request._request
-        _note_model(http_request)
+        body, raw = _parsed_body(http_request)
         call = await service.create_message(
             caller=self.caller,
             raw_body=http_request.body,
+            body=body,
+            raw=raw,
             headers=http_request.headers,
             request_id=http_request.request_id,
             idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
@@ -105,8 +105,8 @@ class CountTokensView(AnthropicView):
     endpoint = "messages.count_tokens"
 
     async def post(self, request: Request) -> HttpResponseBase:
-        _note_model(request._request)
-        return _json(await service.count_tokens(caller=self.caller, raw_body=request._request.body))
+        body, _ = _parsed_body(request._request)
+        return _json(await service.count_tokens(caller=self.caller, body=body))
 
 
 def _limit(raw: str | None) -> int:
