@@ -735,3 +735,40 @@ def test_a_keys_model_allowlist_applies_and_an_alias_falls_back_within_it(client
     with pytest.raises(anthropic.PermissionDeniedError, match="allowlist"):
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert [m.id for m in client.models.list()] == [GPT]
+
+
+def test_a_200_that_carries_an_error_is_an_api_error_not_an_empty_message(client, fake_upstream):
+    fake_upstream.fail_next("error_body_200", endpoint="/chat/completions")
+    with pytest.raises(anthropic.InternalServerError, match="Provider returned error"):
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    [line] = wait_for_usage_events(1)
+    assert line.status == "failed"
+
+
+def test_every_answer_validates_against_the_sdks_own_types(base_url, fake_upstream, caller):
+    from anthropic.types import ModelInfo
+    from anthropic.types.shared import ErrorResponse
+
+    def post(path: str, body: dict) -> requests.Response:
+        return requests.post(f"{base_url}/v1/{path}", json=body, headers={"x-api-key": caller.key}, timeout=20)
+
+    fake_upstream.messages_tool_call = ("get_weather", {"location": "Paris"})
+    for model in (CLAUDE, GPT):
+        answer = post(
+            "messages",
+            {
+                "model": model,
+                "max_tokens": 2000,
+                "messages": HELLO,
+                "tools": [WEATHER],
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+        )
+        Message.model_validate(answer.json(), strict=False)
+    MessageTokensCount.model_validate(post("messages/count_tokens", {"model": CLAUDE, "messages": HELLO}).json())
+    listed = requests.get(f"{base_url}/v1/models", headers={"x-api-key": caller.key}, timeout=20).json()
+    for model in listed["data"]:
+        ModelInfo.model_validate(model)
+    ErrorResponse.model_validate(
+        post("messages", {"model": "claude-nonexistent-9", "max_tokens": 5, "messages": HELLO}).json()
+    )
