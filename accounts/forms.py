@@ -48,16 +48,24 @@ class WorkspaceCreateForm(forms.Form):
     name = forms.CharField(max_length=200, label="Workspace name")
 
 
+class WorkspaceRenameForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Workspace name")
+
+
+ROLE_CHOICES = [
+    (Membership.Role.MEMBER, "Member"),
+    (Membership.Role.ADMIN, "Admin"),
+    (Membership.Role.OWNER, "Owner"),
+]
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
 class MemberAddForm(forms.Form):
     email = forms.EmailField(label="Email of an existing user", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
-    role = forms.ChoiceField(
-        choices=[
-            (Membership.Role.MEMBER, "Member"),
-            (Membership.Role.ADMIN, "Admin"),
-            (Membership.Role.OWNER, "Owner"),
-        ],
-        initial=Membership.Role.MEMBER,
-    )
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.MEMBER)
 
 
 class OpenRouterKeyForm(forms.Form):
@@ -65,6 +73,7 @@ class OpenRouterKeyForm(forms.Form):
         label="OpenRouter API key",
         max_length=500,
         strip=True,
+        help_text="From openrouter.ai → Keys; it starts with sk-or-. We check it with OpenRouter before saving it.",
         # render_value=False: the saved key is never sent back to the browser.
         widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
     )

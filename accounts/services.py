@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import openrouter_keys
 from accounts.access import bump_access_epoch
 from accounts.encryption import encrypt_secret
 from accounts.models import FREE_PLAN_SLUG, Membership, OpenRouterKey, Plan, User, Workspace
@@ -145,17 +146,77 @@ def remove_member(*, actor: User, membership: Membership) -> None:
     if membership.role == Membership.Role.OWNER and actor_membership.role != Membership.Role.OWNER:
         raise NotAllowed("Only owners can remove an owner.")
     with transaction.atomic():
-        owners = list(
-            Membership.objects.select_for_update()
-            .filter(workspace_id=membership.workspace_id, role=Membership.Role.OWNER)
-            .values_list("pk", flat=True)
-        )
+        owners = _owner_ids_locked(workspace_id=membership.workspace_id)
         if membership.role == Membership.Role.OWNER and owners == [membership.pk]:
             raise LastOwner("A workspace needs at least one owner; add another owner before removing this one.")
         deleted, _ = Membership.objects.filter(pk=membership.pk).delete()
         if deleted:
             _move_off_workspace(user_id=membership.user_id, workspace_id=membership.workspace_id)
         _bump_after_commit()
+
+
+def rename_workspace(*, actor: User, workspace: Workspace, name: str) -> Workspace:
+    """Owners and admins rename; the name is in cached API grants, so the epoch is bumped."""
+    ensure_can_manage_members(actor=actor, workspace=workspace)
+    name = name.strip()
+    if not name:
+        raise NotAllowed("A workspace needs a name.")
+    with transaction.atomic():
+        Workspace.objects.filter(pk=workspace.pk).update(name=name)
+        _bump_after_commit()
+    workspace.name = name
+    return workspace
+
+
+def _owner_ids_locked(*, workspace_id: int) -> list[int]:
+    """The workspace's owner memberships, locked until the transaction ends, so that two concurrent
+    changes (leave, demote, remove) cannot each see another owner and together leave none."""
+    return list(
+        Membership.objects.select_for_update()
+        .filter(workspace_id=workspace_id, role=Membership.Role.OWNER)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def leave_workspace(*, user: User, workspace_id: int) -> Workspace:
+    """Anyone may leave, except the last owner (they make someone else an owner first)."""
+    with transaction.atomic():
+        owners = _owner_ids_locked(workspace_id=workspace_id)
+        membership = (
+            Membership.objects.select_for_update()
+            .select_related("workspace")
+            .filter(user=user, workspace_id=workspace_id)
+        ).first()
+        if membership is None:
+            raise NotAllowed("You are not a member of that workspace.")
+        if owners == [membership.pk]:
+            raise LastOwner("You are the only owner of this workspace: make another member an owner before you leave.")
+        membership.delete()
+        _move_off_workspace(user_id=user.pk, workspace_id=workspace_id)
+        _bump_after_commit()
+    return membership.workspace
+
+
+def change_member_role(*, actor: User, membership: Membership, role: str) -> Membership:
+    """Owners change anyone's role (their own too); the last owner can never be demoted."""
+    if role not in Membership.Role.values:
+        raise NotAllowed("Unknown role.")
+    with transaction.atomic():
+        owners = _owner_ids_locked(workspace_id=membership.workspace_id)
+        actor_membership = Membership.objects.filter(user=actor, workspace_id=membership.workspace_id).first()
+        if actor_membership is None or actor_membership.pk not in owners:
+            raise NotAllowed("Only owners can change roles in this workspace.")
+        current = Membership.objects.select_for_update().filter(pk=membership.pk).first()
+        if current is None:
+            raise NotAllowed("That person is no longer a member of this workspace.")
+        if current.role == Membership.Role.OWNER and role != Membership.Role.OWNER and owners == [current.pk]:
+            raise LastOwner("A workspace needs at least one owner; make someone else an owner first.")
+        if current.role != role:
+            Membership.objects.filter(pk=current.pk).update(role=role)
+            _bump_after_commit()
+    membership.role = role
+    return membership
 
 
 def _move_off_workspace(*, user_id: int, workspace_id: int) -> None:
@@ -167,14 +228,28 @@ def _move_off_workspace(*, user_id: int, workspace_id: int) -> None:
 
 
 def set_openrouter_key(*, user: User, key: str) -> OpenRouterKey:
-    """Save or replace the user's OpenRouter key, encrypted; only its last four characters stay readable."""
-    key = key.strip()
-    if not key:
-        raise ValueError("An OpenRouter key is required.")
+    """Save or replace the user's OpenRouter key once OpenRouter has accepted it, encrypted; only its
+    last four characters and what OpenRouter said about it (label, limit) stay readable.
+
+    Raises an OpenRouterKeyError (malformed, rejected, or OpenRouter unavailable) and saves nothing:
+    a key that could not be checked is never stored. The check runs before, not inside, the transaction.
+    """
+    key = openrouter_keys.ensure_key_format(key)
+    info = openrouter_keys.check_openrouter_key(key)
+    now = timezone.now()
     with transaction.atomic():
         stored, _ = OpenRouterKey.objects.update_or_create(
             user=user,
-            defaults={"encrypted_key": encrypt_secret(key), "last4": key[-4:], "updated_at": timezone.now()},
+            defaults={
+                "encrypted_key": encrypt_secret(key),
+                "last4": key[-4:],
+                "updated_at": now,
+                "label": info.label,
+                "credit_limit": info.credit_limit,
+                "credit_remaining": info.credit_remaining,
+                "limit_reset": info.limit_reset,
+                "verified_at": now,
+            },
         )
         _bump_after_commit()
     return stored

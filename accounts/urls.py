@@ -20,6 +20,15 @@ urlpatterns = [
         "settings/workspaces/<int:workspace_id>/switch/", views.WorkspaceSwitchView.as_view(), name="workspace-switch"
     ),
     path(
+        "settings/workspaces/<int:workspace_id>/rename/", views.WorkspaceRenameView.as_view(), name="workspace-rename"
+    ),
+    path("settings/workspaces/<int:workspace_id>/leave/", views.WorkspaceLeaveView.as_view(), name="workspace-leave"),
+    path(
+        "settings/workspaces/<int:workspace_id>/members/<int:membership_id>/role/",
+        views.MemberRoleChangeView.as_view(),
+        name="workspace-member-role",
+    ),
+    path(
         "settings/workspaces/<int:workspace_id>/members/add/",
         views.MemberAddView.as_view(),
         name="workspace-member-add",

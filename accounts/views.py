@@ -20,8 +20,17 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import FormView, TemplateView
 
 from accounts import selectors, services
-from accounts.forms import MemberAddForm, OpenRouterKeyForm, SignupForm, WorkspaceCreateForm
+from accounts.forms import (
+    ROLE_CHOICES,
+    MemberAddForm,
+    MemberRoleForm,
+    OpenRouterKeyForm,
+    SignupForm,
+    WorkspaceCreateForm,
+    WorkspaceRenameForm,
+)
 from accounts.models import Membership, User
+from accounts.openrouter_keys import OpenRouterKeyError, OpenRouterUnavailable
 
 
 def _settings_context(user: User, **forms: Any) -> dict[str, Any]:
@@ -107,10 +116,71 @@ def _workspace_context(membership: Membership, **extra: Any) -> dict[str, Any]:
         "membership": membership,
         "workspace": membership.workspace,
         "members": members,
-        # The last owner gets no Remove button; the service refuses it anyway.
+        # The last owner gets no Remove, Leave or demote control; the services refuse them anyway.
         "sole_owner": sum(member.role == Membership.Role.OWNER for member in members) == 1,
         "member_form": extra.get("member_form") or MemberAddForm(),
+        "rename_form": extra.get("rename_form") or WorkspaceRenameForm(initial={"name": membership.workspace.name}),
+        "role_choices": ROLE_CHOICES,
     }
+
+
+class WorkspaceRenameView(WorkspaceMembershipMixin, View):
+    def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        membership = self.membership(request, workspace_id)
+        form = WorkspaceRenameForm(request.POST)
+        if not form.is_valid():
+            context = _workspace_context(membership, rename_form=form)
+            return render(request, WorkspaceDetailView.template_name, context, status=400)
+        try:
+            workspace = services.rename_workspace(
+                actor=request.user, workspace=membership.workspace, name=form.cleaned_data["name"]
+            )
+        except services.NotAllowed as error:
+            form.add_error("name", str(error))
+            context = _workspace_context(membership, rename_form=form)
+            return render(request, WorkspaceDetailView.template_name, context, status=403)
+        messages.success(request, f"Renamed the workspace to “{workspace.name}”.")
+        return redirect("workspace-detail", workspace_id=workspace_id)
+
+
+class WorkspaceLeaveView(WorkspaceMembershipMixin, View):
+    """GET asks for confirmation; POST leaves."""
+
+    template_name = "accounts/workspace_leave_confirm.html"
+
+    def get(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        membership = self.membership(request, workspace_id)
+        context = _workspace_context(membership)
+        return render(request, self.template_name, context)
+
+    def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
+        self.membership(request, workspace_id)
+        try:
+            workspace = services.leave_workspace(user=request.user, workspace_id=workspace_id)
+        except services.WorkspaceRuleError as error:
+            messages.error(request, str(error))
+            return redirect("workspace-detail", workspace_id=workspace_id)
+        messages.success(request, f"You left “{workspace.name}”.")
+        return redirect(reverse("settings") + "#workspaces")
+
+
+class MemberRoleChangeView(WorkspaceMembershipMixin, View):
+    def post(self, request: HttpRequest, workspace_id: int, membership_id: int) -> HttpResponse:
+        self.membership(request, workspace_id)
+        target = selectors.members_of(workspace_id=workspace_id).filter(pk=membership_id).first()
+        if target is None:
+            raise Http404("No such member.")
+        form = MemberRoleForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Choose one of the roles: member, admin or owner.")
+            return redirect("workspace-detail", workspace_id=workspace_id)
+        try:
+            changed = services.change_member_role(actor=request.user, membership=target, role=form.cleaned_data["role"])
+        except services.WorkspaceRuleError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"{changed.user.email} is now {changed.get_role_display().lower()}.")
+        return redirect("workspace-detail", workspace_id=workspace_id)
 
 
 class MemberAddView(WorkspaceMembershipMixin, View):
@@ -175,12 +245,29 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
         if not form.is_valid():
             context = _settings_context(request.user, openrouter_form=form)
             return render(request, "accounts/settings.html", context, status=400)
-        stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
-        messages.success(request, f"Saved your OpenRouter key ending in {stored.last4}.")
+        try:
+            stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
+        except OpenRouterKeyError as error:
+            form.add_error("key", str(error))
+            # 400 for a key that is wrong; 503 when OpenRouter could not be asked (nothing was saved).
+            status = 503 if isinstance(error, OpenRouterUnavailable) else 400
+            context = _settings_context(request.user, openrouter_form=form)
+            return render(request, "accounts/settings.html", context, status=status)
+        messages.success(request, f"OpenRouter accepted your key ending in {stored.last4}; requests now use it.")
         return redirect(reverse("settings") + "#openrouter")
 
 
 class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
+    """GET asks for confirmation; POST removes."""
+
+    template_name = "accounts/openrouter_key_remove_confirm.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        openrouter_key = selectors.find_openrouter_key(user=request.user)
+        if openrouter_key is None:
+            return redirect(reverse("settings") + "#openrouter")
+        return render(request, self.template_name, {"openrouter_key": openrouter_key})
+
     def post(self, request: HttpRequest) -> HttpResponse:
         if services.remove_openrouter_key(user=request.user):
             messages.success(request, "Removed your OpenRouter key. Requests now use Writingmate's own.")

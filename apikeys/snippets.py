@@ -82,7 +82,7 @@ def setup_snippets(*, origin: str, key: str | None = None) -> tuple[Snippet, ...
             '  input: "Say hello from Writingmate.",\n'
             "});\n"
             "console.log(response.output_text);\n",
-            "npm install openai",
+            "npm install openai, save as hello.mjs and run node hello.mjs (the SDK needs Node 22 or later).",
         ),
         Snippet(
             "opencode",

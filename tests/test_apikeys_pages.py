@@ -24,6 +24,7 @@ from apikeys.services import create_api_key
 from billing.models import UsageEvent
 from billing.quotas import billing_day
 from billing.selectors import KeyUsage, key_usage
+from tests.npm_clients import install_npm_client
 from tests.support import wait_for_usage_events
 
 # ../shared beside the repository (or beside the folder of worktrees the repository may be checked out in).
@@ -170,6 +171,32 @@ def test_the_revealed_curl_and_python_setups_work_against_this_server(live_serve
     # The key's own usage on the list: both requests, today and this month.
     row = row_of(client.get(reverse("apikey-list")).content.decode(), "Laptop")
     assert row.count("2 requests") == 2 and row.count("2 messages") == 2
+
+
+OPENAI_NODE = {"openai": "7.60.0", "node": "22.23.3"}  # the SDK needs Node >= 22; the machine may have 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_revealed_node_setup_works_against_this_server(live_server, fake_upstream) -> None:
+    folder = install_npm_client("openai-node", OPENAI_NODE, binary="node")
+    user = User.objects.create_user("paste-node@example.com")
+    client = Client()
+    client.force_login(user)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("django.conf.settings.ALLOWED_HOSTS", ["127.0.0.1", "testserver"])
+        _key, page = create_key_through_the_page(client, host=live_server.url.removeprefix("http://"))
+    snippets = snippets_in(page)
+    script = folder / f"hello-{os.getpid()}.mjs"  # beside node_modules, so `import "openai"` resolves
+    script.write_text(snippets["node"])
+    env = {**clean_env(), "PATH": f"{folder / 'node_modules' / '.bin'}:{os.environ.get('PATH', '')}"}
+    try:
+        node = run_shell_snippets(snippets["env"], f"node {script}", env=env)
+    finally:
+        script.unlink(missing_ok=True)
+
+    assert node.returncode == 0, node.stderr
+    assert node.stdout.strip() != ""
+    wait_for_usage_events(1)
 
 
 def test_rename_changes_only_the_name_and_needs_the_owner(signed_in, user, client) -> None:

@@ -84,8 +84,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
     )
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# PostgreSQL: a psycopg connection pool per process, at most DATABASE_POOL_MAX_SIZE connections, shared by
+# the site's requests and the API's database threads (docs/deploy.md has the arithmetic for N processes).
+# Persistent per-thread connections (CONN_MAX_AGE > 0) do not fit ASGI: they grow with the threads.
+DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=2)
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+# How long a thread waits for a free pooled connection before the request fails.
+DATABASE_POOL_TIMEOUT_SECONDS = env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
+    }
+else:
+    # SQLite (development): no server to run out of connections; each thread keeps its own a while.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # with the pool: a connection is checked as it is taken
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -131,9 +147,14 @@ STORAGES = {
     },
 }
 
+# What runs on every /v1 view (gateway.core.api_view.AsyncApiView runs this pipeline asynchronously).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["apikeys.throttling.InvalidKeyThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["gateway.parsers.JsonObjectParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "gateway.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -170,6 +191,8 @@ UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS = env.float("UPSTREAM_FIRST_BYTE_TIMEOUT_SEC
 UPSTREAM_CHUNK_TIMEOUT_SECONDS = env.float("UPSTREAM_CHUNK_TIMEOUT_SECONDS", default=60.0)
 UPSTREAM_RETRY_BACKOFF_SECONDS = env.float("UPSTREAM_RETRY_BACKOFF_SECONDS", default=0.25)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=1000)
+# A PEM file of CA certificates that replaces the system CAs for upstream TLS (a private CA); empty: system CAs.
+UPSTREAM_CA_FILE = env.str("UPSTREAM_CA_FILE", default="")
 # While an upstream is silent (a reasoning model thinking), streams send an SSE comment this often so
 # proxies and clients with idle timeouts keep them open. 0 turns the comments off.
 STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
@@ -177,6 +200,9 @@ STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
 # --- API limits ---------------------------------------------------------------------------------
 API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=4 * 1024 * 1024)
 API_MAX_AUDIO_BYTES = env.int("API_MAX_AUDIO_BYTES", default=25 * 1024 * 1024)
+# Anthropic's Messages API: Claude Code sends whole sessions, screenshots and PDFs inline (Anthropic's own
+# cap is 32 MB; this stays under the deploy guide's nginx client_max_body_size).
+API_MAX_MESSAGES_BODY_BYTES = env.int("API_MAX_MESSAGES_BODY_BYTES", default=24 * 1024 * 1024)
 API_MAX_HEADER_BYTES = env.int("API_MAX_HEADER_BYTES", default=32 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_AUDIO_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
@@ -237,15 +263,16 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "writingmate.logs.RequestIdFilter"},
-        "redact": {"()": "writingmate.logs.RedactSecretsFilter"},
     },
     "formatters": {
+        # Both mask keys in the finished line (writingmate.logs.redact_secrets).
         "json": {"()": "writingmate.logs.JsonFormatter"},
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "text": {
+            "class": "writingmate.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        },
     },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     # uvicorn sets up its own loggers before Django starts; taking them over keeps one format and redaction.
     # Its access log is silenced (no handler) in favour of writingmate.logs.log_access, written after the response.
     "loggers": {

@@ -1,4 +1,5 @@
-// Copy buttons (the one-time key and the setup snippets), and keeping the key reveal out of reload/back.
+// Copy buttons (the one-time key and the setup snippets), keeping the key reveal out of reload/back,
+// and tables that stack on phones.
 (function () {
   "use strict";
 
@@ -33,7 +34,35 @@
     }
   }
 
+  // On a phone each table row becomes a box (see .table--stacked in site.css): every cell is labelled
+  // with its column's header, and the ARIA roles keep it a table for screen readers, which drop table
+  // semantics from elements whose CSS display changes.
+  function stackTable(table) {
+    var headers = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.replace(/\s+/g, " ").trim();
+    });
+    if (!headers.length) return;
+    table.setAttribute("role", "table");
+    table.querySelectorAll("thead, tbody").forEach(function (group) { group.setAttribute("role", "rowgroup"); });
+    table.querySelectorAll("tr").forEach(function (row) { row.setAttribute("role", "row"); });
+    table.querySelectorAll("thead th").forEach(function (th) { th.setAttribute("role", "columnheader"); });
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      var column = 0;
+      Array.prototype.forEach.call(row.children, function (cell) {
+        cell.setAttribute("role", cell.tagName === "TH" ? "rowheader" : "cell");
+        var span = parseInt(cell.getAttribute("colspan") || "1", 10);
+        if (span === 1 && headers[column] && !cell.hasAttribute("data-label")) {
+          cell.setAttribute("data-label", headers[column]);
+        }
+        column += span;
+      });
+    });
+    table.classList.add("table--stacked");
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    // .stack-table tables carry their own data-label markup and CSS.
+    document.querySelectorAll(".table-wrap table:not(.stack-table)").forEach(stackTable);
     document.querySelectorAll("[data-copy-target]").forEach(function (button) {
       button.addEventListener("click", function () { copyFrom(button); });
     });
