@@ -73,6 +73,7 @@ class OpenRouterKeyForm(forms.Form):
         label="OpenRouter API key",
         max_length=500,
         strip=True,
+        help_text="From openrouter.ai → Keys; it starts with sk-or-. We check it with OpenRouter before saving it.",
         # render_value=False: the saved key is never sent back to the browser.
         widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
     )

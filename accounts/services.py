@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import openrouter_keys
 from accounts.access import bump_access_epoch
 from accounts.encryption import encrypt_secret
 from accounts.models import FREE_PLAN_SLUG, Membership, OpenRouterKey, Plan, User, Workspace
@@ -227,14 +228,28 @@ def _move_off_workspace(*, user_id: int, workspace_id: int) -> None:
 
 
 def set_openrouter_key(*, user: User, key: str) -> OpenRouterKey:
-    """Save or replace the user's OpenRouter key, encrypted; only its last four characters stay readable."""
-    key = key.strip()
-    if not key:
-        raise ValueError("An OpenRouter key is required.")
+    """Save or replace the user's OpenRouter key once OpenRouter has accepted it, encrypted; only its
+    last four characters and what OpenRouter said about it (label, limit) stay readable.
+
+    Raises an OpenRouterKeyError (malformed, rejected, or OpenRouter unavailable) and saves nothing:
+    a key that could not be checked is never stored. The check runs before, not inside, the transaction.
+    """
+    key = openrouter_keys.ensure_key_format(key)
+    info = openrouter_keys.check_openrouter_key(key)
+    now = timezone.now()
     with transaction.atomic():
         stored, _ = OpenRouterKey.objects.update_or_create(
             user=user,
-            defaults={"encrypted_key": encrypt_secret(key), "last4": key[-4:], "updated_at": timezone.now()},
+            defaults={
+                "encrypted_key": encrypt_secret(key),
+                "last4": key[-4:],
+                "updated_at": now,
+                "label": info.label,
+                "credit_limit": info.credit_limit,
+                "credit_remaining": info.credit_remaining,
+                "limit_reset": info.limit_reset,
+                "verified_at": now,
+            },
         )
         _bump_after_commit()
     return stored

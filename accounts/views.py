@@ -30,6 +30,7 @@ from accounts.forms import (
     WorkspaceRenameForm,
 )
 from accounts.models import Membership, User
+from accounts.openrouter_keys import OpenRouterKeyError, OpenRouterUnavailable
 
 
 def _settings_context(user: User, **forms: Any) -> dict[str, Any]:
@@ -244,12 +245,29 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
         if not form.is_valid():
             context = _settings_context(request.user, openrouter_form=form)
             return render(request, "accounts/settings.html", context, status=400)
-        stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
-        messages.success(request, f"Saved your OpenRouter key ending in {stored.last4}.")
+        try:
+            stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
+        except OpenRouterKeyError as error:
+            form.add_error("key", str(error))
+            # 400 for a key that is wrong; 503 when OpenRouter could not be asked (nothing was saved).
+            status = 503 if isinstance(error, OpenRouterUnavailable) else 400
+            context = _settings_context(request.user, openrouter_form=form)
+            return render(request, "accounts/settings.html", context, status=status)
+        messages.success(request, f"OpenRouter accepted your key ending in {stored.last4}; requests now use it.")
         return redirect(reverse("settings") + "#openrouter")
 
 
 class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
+    """GET asks for confirmation; POST removes."""
+
+    template_name = "accounts/openrouter_key_remove_confirm.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        openrouter_key = selectors.find_openrouter_key(user=request.user)
+        if openrouter_key is None:
+            return redirect(reverse("settings") + "#openrouter")
+        return render(request, self.template_name, {"openrouter_key": openrouter_key})
+
     def post(self, request: HttpRequest) -> HttpResponse:
         if services.remove_openrouter_key(user=request.user):
             messages.success(request, "Removed your OpenRouter key. Requests now use Writingmate's own.")

@@ -59,7 +59,7 @@ def _unknown_reason(presented: str) -> dict:
     masked = f"{presented[:4]}********{presented[-4:]}"
     return {
         "error": {
-            "message": f"Incorrect API key provided: {masked}. The key is unknown, revoked or expired.",
+            "message": f"Incorrect API key provided: {masked}. Check the key in Settings → API Keys.",
             "type": "invalid_request_error",
             "param": None,
             "code": "invalid_api_key",
@@ -84,6 +84,30 @@ def test_an_unknown_well_formed_key_is_401(live_server):
     response = get_models(live_server, {"Authorization": f"Bearer {unknown}"})
 
     assert response.status_code == 401 and response.json() == _unknown_reason(unknown)
+
+
+def test_unknown_malformed_revoked_and_expired_keys_get_byte_identical_401_bodies(live_server):
+    caller = make_user()
+    revoked = create_api_key(user=caller.user, name="revoked")
+    expired = create_api_key(user=caller.user, name="expired", expires_at=timezone.now() - dt.timedelta(seconds=1))
+    revoke_api_key(key=revoked.key)
+    unknown = keys.generate_key()
+    malformed = caller.key[:-1] + ("A" if caller.key[-1] != "A" else "B")  # bad checksum, same length
+
+    bodies = {}
+    for name, presented in (
+        ("unknown", unknown),
+        ("malformed", malformed),
+        ("revoked", revoked.plaintext),
+        ("expired", expired.plaintext),
+    ):
+        response = get_models(live_server, {"Authorization": f"Bearer {presented}"})
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"] == 'Bearer realm="writingmate"'
+        bodies[name] = response.content.replace(f"{presented[:4]}********{presented[-4:]}".encode(), b"<masked>")
+
+    assert len(set(bodies.values())) == 1, bodies
+    assert b"<masked>" in bodies["unknown"]
 
 
 def test_a_revoked_key_fails_on_the_next_request_even_when_cached(live_server):

@@ -226,7 +226,7 @@ def log_in(driver: Any, base_url: str, email: str) -> None:
     WebDriverWait(driver, 10).until(lambda d: "/login/" not in d.current_url)
 
 
-def test_every_page_has_no_axe_violation_and_fits_a_phone(live_server, settings) -> None:
+def test_every_page_has_no_axe_violation_and_fits_a_phone(live_server, fake_upstream, settings) -> None:
     settings.DEMO_PROVIDER_ENABLED = True
     settings.DEMO_STREAM_DELAY_SECONDS = 0
     axe = axe_core_source()

@@ -147,9 +147,14 @@ STORAGES = {
     },
 }
 
+# What runs on every /v1 view (gateway.core.api_view.AsyncApiView runs this pipeline asynchronously).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["apikeys.throttling.InvalidKeyThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["gateway.parsers.JsonObjectParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "gateway.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
