@@ -22,6 +22,7 @@ from django.views.generic import FormView, TemplateView
 from accounts import selectors, services
 from accounts.forms import (
     ROLE_CHOICES,
+    EmailChangeForm,
     MemberAddForm,
     MemberRoleForm,
     OpenRouterKeyForm,
@@ -280,3 +281,53 @@ def _back_to(request: HttpRequest, *, fallback: str) -> HttpResponseRedirect:
     if target.startswith("/") and not target.startswith("//"):
         return HttpResponseRedirect(target)
     return HttpResponseRedirect(fallback)
+
+
+@method_decorator(sensitive_post_parameters("password"), name="dispatch")
+class EmailChangeView(LoginRequiredMixin, FormView):
+    """Asks for the new address (and the password); mails a confirmation link there."""
+
+    template_name = "accounts/email_change_form.html"
+    form_class = EmailChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return super().get_form_kwargs() | {"user": self.request.user}
+
+    def form_valid(self, form: EmailChangeForm) -> HttpResponse:
+        try:
+            change = services.request_email_change(
+                user=self.request.user,
+                new_email=form.cleaned_data["new_email"],
+                confirm_url=lambda token: self.request.build_absolute_uri(
+                    reverse("email-change-confirm", kwargs={"token": token})
+                ),
+            )
+        except services.EmailTaken as error:
+            form.add_error("new_email", str(error))
+            return self.form_invalid(form)
+        messages.success(
+            self.request,
+            f"We sent a confirmation link to {change.new_email}. Your address changes only when you open it.",
+        )
+        return redirect(reverse("settings") + "#account")
+
+
+class EmailChangeConfirmView(LoginRequiredMixin, View):
+    """GET shows what the link will change (mail scanners open links; a GET changes nothing); POST applies it."""
+
+    template_name = "accounts/email_change_confirm.html"
+
+    def get(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            change = services.read_email_change(user=request.user, token=token)
+        except services.EmailChangeInvalid as error:
+            return render(request, self.template_name, {"error": str(error)}, status=400)
+        return render(request, self.template_name, {"change": change, "token": token})
+
+    def post(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            change = services.confirm_email_change(user=request.user, token=token)
+        except (services.EmailChangeInvalid, services.EmailTaken) as error:
+            return render(request, self.template_name, {"error": str(error)}, status=400)
+        messages.success(request, f"Your email address is now {change.new_email}; sign in with it from now on.")
+        return redirect(reverse("settings") + "#account")
