@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -30,6 +32,7 @@ from accounts.forms import (
     WorkspaceCreateForm,
     WorkspaceRenameForm,
 )
+from accounts.login_throttling import take_account_mail_allowance
 from accounts.models import Membership, User
 from accounts.openrouter_keys import OpenRouterKeyError, OpenRouterUnavailable
 
@@ -283,6 +286,30 @@ def _back_to(request: HttpRequest, *, fallback: str) -> HttpResponseRedirect:
     return HttpResponseRedirect(fallback)
 
 
+def _too_many_mails(request: HttpRequest, wait_seconds: int) -> HttpResponse:
+    response = render(
+        request,
+        "registration/too_many_mails.html",
+        {"minutes": max(1, round(wait_seconds / 60))},
+        status=429,
+    )
+    response["Retry-After"] = str(wait_seconds)
+    return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset view, with account mails capped per recipient and per client address."""
+
+    email_template_name = "registration/password_reset_email.txt"
+    subject_template_name = "registration/password_reset_subject.txt"
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        wait = take_account_mail_allowance(self.request, form.cleaned_data["email"])
+        if wait:
+            return _too_many_mails(self.request, wait)
+        return super().form_valid(form)
+
+
 @method_decorator(sensitive_post_parameters("password"), name="dispatch")
 class EmailChangeView(LoginRequiredMixin, FormView):
     """Asks for the new address (and the password); mails a confirmation link there."""
@@ -294,6 +321,9 @@ class EmailChangeView(LoginRequiredMixin, FormView):
         return super().get_form_kwargs() | {"user": self.request.user}
 
     def form_valid(self, form: EmailChangeForm) -> HttpResponse:
+        wait = take_account_mail_allowance(self.request, form.cleaned_data["new_email"])
+        if wait:
+            return _too_many_mails(self.request, wait)
         try:
             change = services.request_email_change(
                 user=self.request.user,

@@ -260,3 +260,28 @@ def test_a_password_reset_is_delivered_over_smtp(someone: User, smtp_server, set
     assert envelope.rcpt_tos == ["someone@example.com"]
     body = envelope.content.decode()
     assert "Subject: Reset your Writingmate password" in body and "/password-reset/" in body
+
+
+def test_account_mails_are_capped_per_recipient(someone: User) -> None:
+    client = page_client()
+    for _ in range(3):
+        assert post_form(client, reverse("password_reset"), {"email": "someone@example.com"}).status_code == 302
+
+    refused = post_form(client, reverse("password_reset"), {"email": "SOMEONE@example.com"})
+
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert b"Please wait a little" in refused.content
+    assert len(mail.outbox) == 3
+    # Another recipient from the same address is still served.
+    assert post_form(client, reverse("password_reset"), {"email": "other@example.com"}).status_code == 302
+
+
+def test_email_change_mails_share_the_cap(someone: User) -> None:
+    client = page_client(someone)
+    for _ in range(3):
+        post_form(client, reverse("email-change"), {"new_email": "target@example.com", "password": PASSWORD})
+
+    refused = post_form(client, reverse("email-change"), {"new_email": "target@example.com", "password": PASSWORD})
+
+    assert refused.status_code == 429
+    assert [m.to for m in mail.outbox].count(["target@example.com"]) == 3
