@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accounts import openrouter_keys
 from accounts.access import bump_access_epoch
-from accounts.encryption import encrypt_secret
+from accounts.encryption import decrypt_secret, encrypt_secret
 from accounts.models import FREE_PLAN_SLUG, Membership, OpenRouterKey, Plan, User, Workspace
 
 
@@ -272,6 +272,19 @@ def set_openrouter_key(*, user: User, key: str) -> OpenRouterKey:
             },
         )
         _bump_after_commit()
+    return stored
+
+
+def recheck_openrouter_key(*, user: User) -> OpenRouterKey | None:
+    """Ask OpenRouter again about the saved key and store what it says now (label, remaining credit).
+    None when no key is saved. A rejection is raised and the key is kept: only its owner removes it."""
+    stored = OpenRouterKey.objects.filter(user=user).first()
+    if stored is None:
+        return None
+    info = openrouter_keys.check_openrouter_key(decrypt_secret(stored.encrypted_key))
+    stored.label, stored.credit_limit, stored.credit_remaining = info.label, info.credit_limit, info.credit_remaining
+    stored.limit_reset, stored.verified_at = info.limit_reset, timezone.now()
+    stored.save(update_fields=["label", "credit_limit", "credit_remaining", "limit_reset", "verified_at"])
     return stored
 
 

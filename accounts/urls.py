@@ -53,5 +53,6 @@ urlpatterns = [
         name="workspace-member-remove",
     ),
     path("settings/openrouter/", views.OpenRouterKeySaveView.as_view(), name="openrouter-key-save"),
+    path("settings/openrouter/check/", views.OpenRouterKeyRecheckView.as_view(), name="openrouter-key-recheck"),
     path("settings/openrouter/remove/", views.OpenRouterKeyRemoveView.as_view(), name="openrouter-key-remove"),
 ]

@@ -261,6 +261,18 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
         return redirect(reverse("settings") + "#openrouter")
 
 
+class OpenRouterKeyRecheckView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            stored = services.recheck_openrouter_key(user=request.user)
+        except OpenRouterKeyError as error:
+            messages.error(request, f"{error} Your saved key was kept; replace or remove it below.")
+        else:
+            if stored is not None:
+                messages.success(request, "OpenRouter still accepts your key; its figures below are current.")
+        return redirect(reverse("settings") + "#openrouter")
+
+
 class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
     """GET asks for confirmation; POST removes."""
 
