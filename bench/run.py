@@ -267,7 +267,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("### Non-streaming chat completions (wrk)")
     lines.append("")
-    names = [n for n in ("direct", "gateway", "litellm") if n in results["targets"]]
+    variants = sorted(n for n in results["targets"] if n.startswith("gateway-"))
+    names = [n for n in ("direct", "gateway", *variants, "litellm") if n in results["targets"]]
     lines.append("| concurrency | target | req/s | p50 ms | p99 ms | errors | server CPU ms/req | other procs' cores |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for point in results["non_streaming"]:
@@ -430,6 +431,14 @@ def main() -> int:
         "shared, and this keeps other people's test runs from deciding the figures; 0 leaves it alone",
     )
     parser.add_argument("--skip", default="", help="comma-separated targets to leave out: direct,gateway,litellm")
+    parser.add_argument(
+        "--gateway-variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="also measure a gateway started with these environment variables, as target gateway-NAME "
+        "(an A/B in the same run; repeatable)",
+    )
     args = parser.parse_args()
 
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -508,6 +517,15 @@ def main() -> int:
             targets.append(
                 Target("gateway", gateway, f"http://127.0.0.1:{gateway_port}/v1/chat/completions", gateway_key)
             )
+            for variant in args.gateway_variant:
+                name, _, assignments = variant.partition(":")
+                variant_env = {**env, **dict(item.split("=", 1) for item in assignments.split(",") if item)}
+                variant_port = harness.free_port()
+                child = harness.start_gateway(
+                    children, name=f"gateway-{name}", port=variant_port, workers=args.workers, env=variant_env
+                )
+                url = f"http://127.0.0.1:{variant_port}/v1/chat/completions"
+                targets.append(Target(f"gateway-{name}", child, url, gateway_key))
 
         if "litellm" not in skip:
             litellm_port = harness.free_port()

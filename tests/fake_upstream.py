@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -201,9 +202,11 @@ class FakeUpstream:
         latency_ms: float = 0,
         record: bool = True,
         reply_text: str = DEFAULT_REPLY,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # serve HTTPS (tests make the certificate)
         self.record = record
         self.reply_text = reply_text
         self.usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_USAGE))
@@ -219,6 +222,17 @@ class FakeUpstream:
         self.generation_stats: dict[str, dict[str, Any]] = {}
         self.transcript_text = DEFAULT_TRANSCRIPT
         self.transcription_usage: dict[str, Any] | None = None
+        # GET /key (OpenRouter's "current API key"): every Bearer key is accepted with key_info's data
+        # (OpenRouter's field names; `label` defaults to the key masked as OpenRouter does) except the
+        # keys in rejected_keys, which get OpenRouter's 401.
+        self.key_info: dict[str, Any] = {
+            "limit": None,
+            "limit_remaining": None,
+            "limit_reset": None,
+            "usage": 0.0,
+            "is_free_tier": False,
+        }
+        self.rejected_keys: set[str] = set()
         self.respond_with: Callable[[dict[str, Any]], FakeReply | None] | None = None
         # Chat completions: the reasoning sent back when a request asks for `reasoning` (OpenRouter's field).
         self.reasoning_text = "Let me think about that."
@@ -245,7 +259,8 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address keeps its brackets
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -258,6 +273,7 @@ class FakeUpstream:
         app.router.add_post(f"{API_PREFIX}/messages", self._messages)
         app.router.add_get(f"{API_PREFIX}/models", self._models)
         app.router.add_get(f"{API_PREFIX}/generation", self._generation)
+        app.router.add_get(f"{API_PREFIX}/key", self._key)
         app.router.add_post(f"{API_PREFIX}/audio/transcriptions", self._transcriptions)
         return app
 
@@ -266,11 +282,12 @@ class FakeUpstream:
         # handler_cancellation: a client that disconnects cancels its handler, which is how we see it.
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, backlog=backlog)
+        site = web.SockSite(self._runner, sock, backlog=backlog, ssl_context=self.ssl_context)
         await site.start()
 
     def start(self) -> FakeUpstream:
@@ -864,6 +881,19 @@ class FakeUpstream:
                 return self._error_response(404)
             usage = self.usage
         return web.json_response({"data": generation_stats(gen_id, usage or self.usage, override or {})})
+
+    async def _key(self, request: web.Request) -> web.StreamResponse:
+        record, _ = await self._record(request)
+        failure = self._take_failure(request.path)
+        if failure and (early := await self._early_failure(failure, record)) is not None:
+            self._finish(record)
+            return early
+        self._finish(record)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not key or key in self.rejected_keys:
+            return web.json_response({"error": {"message": "User not found.", "code": 401}}, status=401)
+        label = f"{key[:11]}...{key[-3:]}" if len(key) > 14 else key
+        return web.json_response({"data": {"label": label, **self.key_info}})
 
     async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
         record, form = await self._record(request, multipart=True)

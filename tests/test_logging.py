@@ -20,8 +20,8 @@ from django.test import override_settings
 from apikeys.keys import generate_key
 from writingmate.logs import (
     JsonFormatter,
-    RedactSecretsFilter,
     RequestIdFilter,
+    TextFormatter,
     bind_request_id,
     loggable_prompt,
     redact_secrets,
@@ -38,7 +38,6 @@ def captured() -> logging.Logger:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(RedactSecretsFilter())
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("tests.logging.captured")
     logger.handlers = [handler]
@@ -112,6 +111,36 @@ def test_no_line_contains_a_full_key_in_message_args_extra_or_traceback(captured
     assert "ValueError: upstream refused" in records[3]["exc_info"]
 
 
+class Keeping(logging.Handler):
+    """A later handler, as Sentry's or a file's would be: it keeps the records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter("%(message)s")], ids=["json", "text"])
+def test_redaction_leaves_the_record_whole_for_the_next_handler(captured, formatter):
+    captured.handlers[0].setFormatter(formatter)
+    later = Keeping()
+    captured.addHandler(later)
+    secret = generate_key()
+    try:
+        raise ValueError(f"upstream refused {secret}")
+    except ValueError:
+        captured.exception("failed for %s after %d tries", secret, 2)
+
+    assert secret not in captured.stream.getvalue()
+    assert "ValueError: upstream refused" in captured.stream.getvalue()
+    [record] = later.records
+    assert record.args == (secret, 2) and record.msg == "failed for %s after %d tries"
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert "ValueError" in logging.Formatter().formatException(record.exc_info)
+
+
 def test_masked_forms():
     key = generate_key()
     assert redact_secrets(f"key={key}") == f"key={key[:10]}…{key[-4:]}"
@@ -138,8 +167,7 @@ def test_text_format_carries_the_request_id_too():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(RedactSecretsFilter())
-    handler.setFormatter(logging.Formatter(settings.LOGGING["formatters"]["text"]["format"]))
+    handler.setFormatter(TextFormatter(settings.LOGGING["formatters"]["text"]["format"]))
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
     token = bind_request_id("req_text")
     try:

@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import Plan
 from apikeys.models import DeveloperKey
 from apikeys.services import revoke_api_key
-from billing import services
+from billing import ledger
 from billing.recording import UsageRecord
 from tests.fault_support import assert_openai_error, chat, gateway_env, running_gateway, settle_ledger
 from tests.support import make_user
@@ -170,7 +170,7 @@ def test_the_cache_spool_throttles_and_celery_work_over_tls(on_tls_redis):
     cache.set("wm:tls-cache", "cached", 30)
     assert cache.get("wm:tls-cache") == "cached"
 
-    entry = services.LedgerEntry(
+    entry = ledger.LedgerEntry(
         usage=UsageRecord(
             request_id="req_tls",
             workspace_id=1,
@@ -189,8 +189,8 @@ def test_the_cache_spool_throttles_and_celery_work_over_tls(on_tls_redis):
         counted_messages=1,
         created_at=timezone.now(),
     )
-    assert services.spool_ledger_entries(entries=[entry])
-    assert sync_redis().llen(services.LEDGER_SPOOL_KEY) == 1
+    assert ledger.spool_ledger_entries(entries=[entry])
+    assert sync_redis().llen(ledger.LEDGER_SPOOL_KEY) == 1
 
     async def count_bad_keys() -> int:
         from apikeys import throttling

@@ -1,4 +1,8 @@
-"""Database work from async code: a small dedicated thread pool, and one reconnect on a dropped connection."""
+"""Database work from async code: a small dedicated thread pool, and one reconnect on a dropped connection.
+
+On PostgreSQL each call takes a connection from the process's psycopg pool (settings.DATABASES
+OPTIONS["pool"]) and gives it back when it returns, so these threads and the site share one bound.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,20 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 T = TypeVar("T")
 
 
+_MAX_THREADS = 8
+
+
+def _pooled() -> bool:
+    return bool(settings.DATABASES["default"].get("OPTIONS", {}).get("pool"))
+
+
 @functools.cache
 def _executor() -> ThreadPoolExecutor:
     is_sqlite = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
-    # SQLite has one writer at a time; more threads would only wait on its lock.
-    return ThreadPoolExecutor(max_workers=1 if is_sqlite else 8, thread_name_prefix="api-db")
+    # SQLite has one writer at a time; more threads would only wait on its lock. With the pool, more
+    # threads than pooled connections would only wait for one.
+    workers = 1 if is_sqlite else min(_MAX_THREADS, settings.DATABASE_POOL_MAX_SIZE) if _pooled() else _MAX_THREADS
+    return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="api-db")
 
 
 def _call_with_reconnect(fn: Callable[[], T]) -> T:
@@ -31,6 +44,10 @@ def _call_with_reconnect(fn: Callable[[], T]) -> T:
             connection.close()
         close_old_connections()
         return fn()
+    finally:
+        if _pooled():
+            # Back to the process's pool at once: these threads share its bound with the site's requests.
+            connections["default"].close()
 
 
 def close_connections() -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 
+import psycopg
 from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, JsonResponse
@@ -28,8 +30,15 @@ _database_check_running = threading.Lock()
 
 def _query_database() -> None:
     # A fresh connection each time: it proves that new connections can be made (what a restarted
-    # worker needs), and the probe holds no database connection between checks.
+    # worker needs), and the probe holds no database connection between checks. On PostgreSQL it is
+    # opened beside the pool (which may still be waiting out its reconnect backoff after an outage).
     connection = connections["default"]
+    if connection.vendor == "postgresql":
+        params = connection.get_connection_params()  # the pool's own options are not among them
+        params["connect_timeout"] = max(1, math.ceil(settings.READINESS_TIMEOUT_SECONDS))
+        with psycopg.connect(**params) as raw:
+            raw.execute("SELECT 1").fetchone()
+        return
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

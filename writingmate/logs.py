@@ -1,7 +1,8 @@
 """Structured logs: a JSON formatter, the request id every line carries, and secret redaction.
 
 `bind_request_id` sets the id for the current task (gateway.asgi does it once per /v1 request);
-`RequestIdFilter` copies it onto each record and `RedactSecretsFilter` masks keys in the final text.
+`RequestIdFilter` copies it onto each record; the formatters (`JsonFormatter`, `TextFormatter`) mask keys
+in the finished line and never alter the record, which other handlers share.
 Prompts are never logged unless settings.LOG_PROMPTS is on: pass them through `loggable_prompt`.
 """
 
@@ -98,34 +99,6 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class RedactSecretsFilter(logging.Filter):
-    """Masks keys in the message, its arguments, the traceback and the extra fields.
-
-    Attach it to handlers, not loggers: a logger's filters do not see records propagated from its children.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact_secrets(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_secrets(record.exc_text)
-            # The traceback now lives in exc_text only, so no formatter can print the raw one.
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = redact_secrets(record.stack_info)
-        for name in _extra_names(record):
-            value = record.__dict__[name]
-            if isinstance(value, str):
-                record.__dict__[name] = redact_secrets(value)
-            elif value is not None and not isinstance(value, int | float | bool):
-                encoded = _to_json(value)
-                redacted = redact_secrets(encoded)
-                if redacted != encoded:
-                    record.__dict__[name] = json.loads(redacted)
-        return True
-
-
 # Record attributes that are not extra fields; uvicorn's `color_message` repeats the message with ANSI codes.
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -144,7 +117,12 @@ def _to_json(value: object) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, request_id, extra fields, exc_info."""
+    """One JSON object per line: ts, level, logger, message, request_id, extra fields, exc_info.
+
+    Keys are masked in the finished line (message, arguments, extra fields, traceback alike). The
+    record itself is left as it came: a later handler (Sentry, a file) still gets its `args` and
+    `exc_info`.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -156,10 +134,16 @@ class JsonFormatter(logging.Formatter):
         }
         for name in _extra_names(record):
             entry[name] = record.__dict__[name]
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            entry["exc_info"] = record.exc_text
+        if record.exc_info or record.exc_text:
+            entry["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = record.stack_info
-        return _to_json(entry)
+        # The masks hold no quote or backslash, so the line stays valid JSON.
+        return redact_secrets(_to_json(entry))
+
+
+class TextFormatter(logging.Formatter):
+    """logging's own text format, with keys masked in the finished line (the record is left as it came)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_secrets(super().format(record))

@@ -84,8 +84,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
     )
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# PostgreSQL: a psycopg connection pool per process, at most DATABASE_POOL_MAX_SIZE connections, shared by
+# the site's requests and the API's database threads (docs/deploy.md has the arithmetic for N processes).
+# Persistent per-thread connections (CONN_MAX_AGE > 0) do not fit ASGI: they grow with the threads.
+DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=2)
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+# How long a thread waits for a free pooled connection before the request fails.
+DATABASE_POOL_TIMEOUT_SECONDS = env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
+    }
+else:
+    # SQLite (development): no server to run out of connections; each thread keeps its own a while.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # with the pool: a connection is checked as it is taken
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -101,6 +117,21 @@ LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default
 LOGIN_THROTTLE_FAILURES_PER_ACCOUNT = env.int("LOGIN_THROTTLE_FAILURES_PER_ACCOUNT", default=5)
 LOGIN_THROTTLE_FAILURES_PER_ADDRESS = env.int("LOGIN_THROTTLE_FAILURES_PER_ADDRESS", default=30)
 LOGIN_THROTTLE_PATHS = env.list("LOGIN_THROTTLE_PATHS", default=["/login/", "/admin/login/"])
+# Email: password resets and email-change confirmations. EMAIL_URL as django-environ reads it:
+# consolemail:// (the default: mails are printed to stdout), smtp+tls://USER:PASSWORD@HOST:587 or
+# smtps://USER:PASSWORD@HOST:465 (URL-encode special characters in the password).
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_SECONDS", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Writingmate <no-reply@localhost>")
+# How long a password-reset or email-change link works.
+PASSWORD_RESET_TIMEOUT = env.int("ACCOUNT_LINK_MAX_AGE_SECONDS", default=2 * 24 * 3600)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -131,9 +162,14 @@ STORAGES = {
     },
 }
 
+# What runs on every /v1 view (gateway.core.api_view.AsyncApiView runs this pipeline asynchronously).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["apikeys.throttling.InvalidKeyThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["gateway.parsers.JsonObjectParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "gateway.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -170,6 +206,8 @@ UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS = env.float("UPSTREAM_FIRST_BYTE_TIMEOUT_SEC
 UPSTREAM_CHUNK_TIMEOUT_SECONDS = env.float("UPSTREAM_CHUNK_TIMEOUT_SECONDS", default=60.0)
 UPSTREAM_RETRY_BACKOFF_SECONDS = env.float("UPSTREAM_RETRY_BACKOFF_SECONDS", default=0.25)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=1000)
+# A PEM file of CA certificates that replaces the system CAs for upstream TLS (a private CA); empty: system CAs.
+UPSTREAM_CA_FILE = env.str("UPSTREAM_CA_FILE", default="")
 # While an upstream is silent (a reasoning model thinking), streams send an SSE comment this often so
 # proxies and clients with idle timeouts keep them open. 0 turns the comments off.
 STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
@@ -177,6 +215,9 @@ STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
 # --- API limits ---------------------------------------------------------------------------------
 API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=4 * 1024 * 1024)
 API_MAX_AUDIO_BYTES = env.int("API_MAX_AUDIO_BYTES", default=25 * 1024 * 1024)
+# Anthropic's Messages API: Claude Code sends whole sessions, screenshots and PDFs inline (Anthropic's own
+# cap is 32 MB; this stays under the deploy guide's nginx client_max_body_size).
+API_MAX_MESSAGES_BODY_BYTES = env.int("API_MAX_MESSAGES_BODY_BYTES", default=24 * 1024 * 1024)
 API_MAX_HEADER_BYTES = env.int("API_MAX_HEADER_BYTES", default=32 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_AUDIO_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
@@ -237,15 +278,16 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "writingmate.logs.RequestIdFilter"},
-        "redact": {"()": "writingmate.logs.RedactSecretsFilter"},
     },
     "formatters": {
+        # Both mask keys in the finished line (writingmate.logs.redact_secrets).
         "json": {"()": "writingmate.logs.JsonFormatter"},
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "text": {
+            "class": "writingmate.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        },
     },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     # uvicorn sets up its own loggers before Django starts; taking them over keeps one format and redaction.
     # Its access log is silenced (no handler) in favour of writingmate.logs.log_access, written after the response.
     "loggers": {

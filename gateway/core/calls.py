@@ -34,6 +34,7 @@ from gateway import catalogue, metrics
 from gateway.core import validation
 from gateway.core.routing import Route, route_chat
 from gateway.core.streaming import CallOutcome, relay_events
+from gateway.core.upstream_fields import strip_upstream_control_fields
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
@@ -122,11 +123,13 @@ def upstream_error(response: UpstreamResponse, *, byok: bool) -> ApiError:
 
 
 async def _send_with_retry(route: Route, call: UpstreamCall) -> UpstreamResponse:
-    """Send once more after a connection error or a 5xx: nothing has reached the client yet."""
+    """Send once more only when the first copy was never sent (the connection could not be opened).
+
+    Never after a 5xx, a dropped connection or a timeout: the upstream may have received the body and
+    run (and billed) the model; a second copy would run it twice.
+    """
     try:
-        response = await route.provider.send(call)
-        if response.status < 500:
-            return response
+        return await route.provider.send(call)
     except ProviderError as exc:
         if not exc.retryable:
             raise
@@ -253,7 +256,11 @@ async def send_upstream(
     finish: Callable[[], Awaitable[None]],
     reservation: Reservation,
 ) -> UpstreamResponse:
-    """The upstream's 200 response; any failure is first recorded through `finish`, then raised as an ApiError."""
+    """The upstream's 200 response; any failure is first recorded through `finish`, then raised as an ApiError.
+
+    Body fields that name an upstream, a credential or a proxy are dropped here, for every surface.
+    """
+    call = strip_upstream_control_fields(call)
     try:
         outcome.reached_upstream = True
         upstream = await _send_with_retry(route, call)

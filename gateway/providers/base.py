@@ -16,11 +16,12 @@ class ProviderError(Exception):
     """The upstream could not be reached or did not answer in time.
 
     `status` is what the client gets (502 for connection errors, 504 for timeouts); `retryable`
-    says whether trying once more is safe, which is only ever before a byte reached the client.
+    says whether sending once more is safe: only when the request never left this process (the
+    connection could not be opened), so the upstream cannot have seen the body.
     """
 
     def __init__(
-        self, message: str, *, status: int = 502, retryable: bool = True, code: str = "upstream_error"
+        self, message: str, *, status: int = 502, retryable: bool = False, code: str = "upstream_error"
     ) -> None:
         super().__init__(message)
         self.message = message
