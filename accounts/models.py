@@ -195,6 +195,14 @@ class OpenRouterKey(models.Model):
     last4 = models.CharField(max_length=4)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # What OpenRouter said about the key when it was last checked (GET /key); see accounts.openrouter_keys.
+    label = models.CharField(max_length=200, blank=True, help_text="OpenRouter's label for the key.")
+    credit_limit = models.DecimalField(
+        max_digits=14, decimal_places=4, null=True, blank=True, help_text="USD; empty: no limit on the key."
+    )
+    credit_remaining = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
+    limit_reset = models.CharField(max_length=20, blank=True, help_text="daily, weekly, monthly or empty (never).")
+    verified_at = models.DateTimeField(null=True, blank=True, help_text="When OpenRouter last accepted the key.")
 
     def __str__(self) -> str:
         return f"OpenRouter key …{self.last4} of {self.user}"

@@ -21,7 +21,7 @@ def superuser(db) -> User:
 
 
 @pytest.fixture
-def populated(superuser: User) -> dict:
+def populated(superuser: User, fake_upstream) -> dict:
     """At least one row of each of our models, so change pages and list columns are exercised."""
     member = User.objects.create_user("member@example.com")
     workspace = account_services.create_workspace(user=superuser, name="Audit team")
