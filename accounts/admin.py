@@ -323,12 +323,22 @@ class AppSumoLicenceAdmin(BumpsAccessEpoch):
 class OpenRouterKeyAdmin(BumpsAccessEpoch):
     """Read-only apart from deletion: only the user sets their key, and the ciphertext is never shown."""
 
-    list_display = ["user", "masked", "created_at", "updated_at"]
-    search_fields = ["user__email", "last4"]
-    list_filter = ["created_at", "updated_at"]
+    list_display = ["user", "masked", "label", "credit_remaining", "credit_limit", "verified_at", "updated_at"]
+    search_fields = ["user__email", "last4", "label"]
+    list_filter = ["created_at", "updated_at", "verified_at"]
     list_select_related = ["user"]
     exclude = ["encrypted_key"]
-    readonly_fields = ["user", "masked", "created_at", "updated_at"]
+    readonly_fields = [
+        "user",
+        "masked",
+        "label",
+        "credit_limit",
+        "credit_remaining",
+        "limit_reset",
+        "verified_at",
+        "created_at",
+        "updated_at",
+    ]
 
     @admin.display(description="key")
     def masked(self, obj: OpenRouterKey) -> str:

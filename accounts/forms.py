@@ -44,20 +44,58 @@ class SignupForm(forms.Form):
         return cleaned
 
 
+class EmailChangeForm(forms.Form):
+    new_email = forms.EmailField(
+        label="New email address", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    password = forms.CharField(
+        label="Your current password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="So that nobody who finds your computer signed in can take over the account.",
+    )
+
+    def __init__(self, *args: object, user: User, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_new_email(self) -> str:
+        email = User.normalize_username(self.cleaned_data["new_email"])
+        if email == self.user.email:
+            raise forms.ValidationError("That is already your email address.")
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("Another account uses that email address.")
+        return email
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your current password.")
+        return password
+
+
 class WorkspaceCreateForm(forms.Form):
     name = forms.CharField(max_length=200, label="Workspace name")
 
 
+class WorkspaceRenameForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Workspace name")
+
+
+ROLE_CHOICES = [
+    (Membership.Role.MEMBER, "Member"),
+    (Membership.Role.ADMIN, "Admin"),
+    (Membership.Role.OWNER, "Owner"),
+]
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
 class MemberAddForm(forms.Form):
     email = forms.EmailField(label="Email of an existing user", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
-    role = forms.ChoiceField(
-        choices=[
-            (Membership.Role.MEMBER, "Member"),
-            (Membership.Role.ADMIN, "Admin"),
-            (Membership.Role.OWNER, "Owner"),
-        ],
-        initial=Membership.Role.MEMBER,
-    )
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.MEMBER)
 
 
 class OpenRouterKeyForm(forms.Form):
@@ -65,6 +103,7 @@ class OpenRouterKeyForm(forms.Form):
         label="OpenRouter API key",
         max_length=500,
         strip=True,
+        help_text="From openrouter.ai → Keys; it starts with sk-or-. We check it with OpenRouter before saving it.",
         # render_value=False: the saved key is never sent back to the browser.
         widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
     )

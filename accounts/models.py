@@ -5,9 +5,13 @@ from __future__ import annotations
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 FREE_PLAN_SLUG = "free"
+# Every member of a workspace sees its name, so the default one names nobody (it used to hold the
+# owner's email address).
+PERSONAL_WORKSPACE_NAME = "Personal workspace"
 
 
 class Plan(models.Model):
@@ -40,7 +44,7 @@ class WorkspaceManager(models.Manager["Workspace"]):
     def create_personal(self, *, owner: User) -> Workspace:
         """The workspace every user gets: free plan, owned by them, made their current one."""
         with transaction.atomic():
-            workspace = self.create(name=f"{owner.email}'s workspace", plan=Plan.objects.get(slug=FREE_PLAN_SLUG))
+            workspace = self.create(name=PERSONAL_WORKSPACE_NAME, plan=Plan.objects.get(slug=FREE_PLAN_SLUG))
             Membership.objects.create(user=owner, workspace=workspace, role=Membership.Role.OWNER)
             owner.current_workspace = workspace
             owner.save(update_fields=["current_workspace"])
@@ -67,11 +71,16 @@ class Workspace(models.Model):
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
+    def get_by_natural_key(self, username: str | None) -> User:
+        """Sign-in looks the email up case-insensitively (emails are stored lowercased, see
+        User.normalize_username); the Lower(email) unique index serves the lookup."""
+        return self.alias(email_lower=Lower("email")).get(email_lower=(username or "").strip().lower())
+
     def _create_user(self, email: str, password: str | None, **extra_fields: object) -> User:
         if not email:
             raise ValueError("An email address is required.")
         with transaction.atomic(using=self._db):
-            user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+            user = self.model(email=self.model.normalize_username(email), **extra_fields)
             user.set_password(password)
             user.save(using=self._db)
             Workspace.objects.create_personal(owner=user)
@@ -104,9 +113,19 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            # Sign-up and sign-in ignore case, so two accounts must never differ only by case.
+            models.UniqueConstraint(Lower("email"), name="user_email_unique_ignoring_case"),
+        ]
 
     def __str__(self) -> str:
         return self.email
+
+    @classmethod
+    def normalize_username(cls, username: str) -> str:
+        """Emails are stored stripped and lowercased wherever a user is created or changed (model
+        forms, the admin, the manager), so every lookup can compare lowercase to lowercase."""
+        return super().normalize_username(username).strip().lower()
 
 
 class Membership(models.Model):
@@ -176,6 +195,14 @@ class OpenRouterKey(models.Model):
     last4 = models.CharField(max_length=4)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # What OpenRouter said about the key when it was last checked (GET /key); see accounts.openrouter_keys.
+    label = models.CharField(max_length=200, blank=True, help_text="OpenRouter's label for the key.")
+    credit_limit = models.DecimalField(
+        max_digits=14, decimal_places=4, null=True, blank=True, help_text="USD; empty: no limit on the key."
+    )
+    credit_remaining = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
+    limit_reset = models.CharField(max_length=20, blank=True, help_text="daily, weekly, monthly or empty (never).")
+    verified_at = models.DateTimeField(null=True, blank=True, help_text="When OpenRouter last accepted the key.")
 
     def __str__(self) -> str:
         return f"OpenRouter key …{self.last4} of {self.user}"

@@ -26,4 +26,4 @@ def members_of(*, workspace_id: int) -> QuerySet[Membership]:
 
 
 def find_openrouter_key(*, user: User) -> OpenRouterKey | None:
-    return OpenRouterKey.objects.filter(user=user).only("id", "last4", "updated_at", "user_id").first()
+    return OpenRouterKey.objects.filter(user=user).defer("encrypted_key").first()

@@ -1,10 +1,10 @@
-"""Bearer-key authentication for /v1: a DRF authentication class with an async fast path.
+"""Bearer-key authentication for /v1: one DRF authentication class, async.
 
-The fast path resolves a key to its grant with one cache round trip (the grant and the access epoch
-together) and touches the database only on a miss, or when Redis is unavailable. Endpoints that
-reserve quota may go further (`allow_unconfirmed`): a grant this process read recently is used from
-memory, and the reservation confirms its access epoch in its own round trip (billing.quotas), so a
-revoked key or a changed plan still takes effect on the very next request.
+A key resolves to its grant with one cache round trip (the grant, the access epoch and the key's
+known-valid mark together) and touches the database only on a miss, or when Redis is unavailable.
+Endpoints that reserve quota may go further (`allow_unconfirmed`): a grant this process read recently
+is used from memory, and the reservation confirms its access epoch in its own round trip
+(billing.quotas), so a revoked key or a changed plan still takes effect on the very next request.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from accounts.access import ACCESS_EPOCH_KEY, WorkspaceAccess, local_access_epoch
-from accounts.models import User
-from apikeys import keys
+from apikeys import keys, throttling
 from apikeys.services import KeyGrant, find_key_grant, touch_last_used
 from writingmate.background import run_in_background
 from writingmate.db import run_db
@@ -85,24 +86,23 @@ def _masked(presented: str) -> str:
     return f"{presented[:4]}{'*' * 8}{presented[-4:]}"
 
 
-def _presented_key(authorization: str | None) -> str:
+def _presented_key(authorization: str | None, missing_message: str) -> str:
     if not authorization:
-        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
+        raise InvalidApiKey(missing_message)
     scheme, _, presented = authorization.strip().partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise InvalidApiKey(_MISSING_KEY_MESSAGE)
-    if not keys.is_well_formed(presented):
-        raise InvalidApiKey(f"Incorrect API key provided: {_masked(presented)}. Check the key in Settings → API Keys.")
+        raise InvalidApiKey(missing_message)
     return presented
 
 
-def _check_not_expired(grant: KeyGrant | None, presented: str) -> KeyGrant:
-    if grant is None or (grant.expires_at is not None and grant.expires_at <= time.time()):
-        raise InvalidApiKey(
-            f"Incorrect API key provided: {_masked(presented)}. The key is unknown, revoked or expired."
-        )
-    return grant
+def incorrect_key(presented: str) -> InvalidApiKey:
+    """One body for unknown, malformed, revoked and expired keys: it must not tell them apart."""
+    return InvalidApiKey(f"Incorrect API key provided: {_masked(presented)}. Check the key in Settings → API Keys.")
+
+
+def _is_current(grant: KeyGrant | None) -> bool:
+    return grant is not None and (grant.expires_at is None or grant.expires_at > time.time())
 
 
 def select_workspace(grant: KeyGrant, workspace_header: str | None) -> WorkspaceAccess:
@@ -167,36 +167,65 @@ _local_cache = _LocalGrantCache()
 _remembered_grants = _LocalGrantCache()
 
 
+def forget_cached_grants() -> None:
+    """Drop this process's grant caches (tests; Redis-held grants expire or die with the access epoch)."""
+    global _local_cache, _remembered_grants
+    _local_cache, _remembered_grants = _LocalGrantCache(), _LocalGrantCache()
+
+
 async def _touch_if_due(key_id: int, due: bool) -> None:
     if due:
         run_in_background(run_db(touch_last_used, key_id=key_id))
 
 
-async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> tuple[KeyGrant, int | None]:
-    """The presented key's grant, and the access epoch still to be confirmed for it (None if confirmed)."""
+async def resolve_grant(
+    presented: str, *, allow_unconfirmed: bool = False, before_lookup: Callable[[], None]
+) -> tuple[KeyGrant | None, int | None]:
+    """(the presented key's current grant or None, the access epoch still to be confirmed or None).
+
+    `before_lookup()` runs before the database is asked about a key no cache vouches for (a cached
+    grant, a key known valid): it raises to refuse the lookup (the invalid-key throttle).
+    """
+    if not keys.is_well_formed(presented):
+        before_lookup()  # no lookup, but a flood of junk still counts as bad keys
+        return None, None
     key_hash = keys.hash_key(presented)
     client = async_redis()
     if client is None:
         hit, grant = _local_cache.get(key_hash)
         if not hit:
+            if not throttling.is_known_locally(key_hash):
+                before_lookup()
             epoch = local_access_epoch()
             grant = await run_db(find_key_grant, key_hash=key_hash)
             _local_cache.put(key_hash, epoch, grant)
-        grant = _check_not_expired(grant, presented)
+        elif grant is None:
+            before_lookup()
+        if not _is_current(grant):
+            return None, None
+        assert grant is not None
+        throttling.remember_known_locally(key_hash)
         await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
         return grant, None
 
     if allow_unconfirmed and (remembered := _remembered_grants.remembered(key_hash)) is not None:
         epoch, grant = remembered
-        if grant.expires_at is None or grant.expires_at > time.time():  # else let a confirmed read refuse it
+        if _is_current(grant):  # else let a confirmed read refuse it
             await _note_use(client, grant)
             return grant, epoch
 
     try:
-        cached, epoch = await client.mget(_GRANT_KEY + key_hash, ACCESS_EPOCH_KEY)
+        cached, epoch, known = await client.mget(
+            _GRANT_KEY + key_hash, ACCESS_EPOCH_KEY, throttling.KNOWN_KEY_PREFIX + key_hash
+        )
     except Exception:
         logger.warning("Redis unavailable for key lookup; reading the database instead", exc_info=True)
-        grant = _check_not_expired(await run_db(find_key_grant, key_hash=key_hash), presented)
+        if _remembered_grants.remembered(key_hash) is None and not throttling.is_known_locally(key_hash):
+            before_lookup()
+        grant = await run_db(find_key_grant, key_hash=key_hash)
+        if not _is_current(grant):
+            return None, None
+        assert grant is not None
         await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
         return grant, None
 
@@ -205,16 +234,26 @@ async def resolve_grant(presented: str, *, allow_unconfirmed: bool = False) -> t
     entry = json.loads(cached) if cached else None
     if entry is not None and entry["epoch"] == epoch:
         grant = KeyGrant.from_dict(entry["grant"]) if entry["grant"] else None
+        if grant is None:
+            before_lookup()  # a key already found bad: no lookup, and it counts against its address
     else:
+        if not known and _remembered_grants.remembered(key_hash) is None:
+            before_lookup()
         grant = await run_db(find_key_grant, key_hash=key_hash)
         payload = json.dumps({"epoch": epoch, "grant": grant.to_dict() if grant else None})
         try:
-            await client.set(_GRANT_KEY + key_hash, payload, ex=settings.API_KEY_CACHE_SECONDS)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(_GRANT_KEY + key_hash, payload, ex=settings.API_KEY_CACHE_SECONDS)
+                if grant is not None:
+                    pipe.set(throttling.KNOWN_KEY_PREFIX + key_hash, b"1", ex=throttling.KNOWN_KEY_DAYS * 86400)
+                await pipe.execute()
         except Exception:
             logger.warning("could not cache a key grant in Redis", exc_info=True)
     if grant is not None:
         _remembered_grants.put(key_hash, epoch, grant)
-    grant = _check_not_expired(grant, presented)
+    if not _is_current(grant):
+        return None, None
+    assert grant is not None
     await _note_use(client, grant)
     return grant, None
 
@@ -231,38 +270,63 @@ async def _note_use(client: aioredis.Redis, grant: KeyGrant) -> None:
         await _touch_if_due(grant.key_id, due)
 
 
-async def authenticate_api_request(
-    *, authorization: str | None, workspace_header: str | None, allow_unconfirmed: bool = False
-) -> ApiCaller:
-    """The caller, or InvalidApiKey / WorkspaceAccessDenied.
+@dataclass(frozen=True)
+class ApiUser:
+    """`request.user` on /v1: who the key belongs to, without loading the User row."""
 
-    `allow_unconfirmed`: the caller will reserve quota, which confirms a remembered grant's epoch.
-    """
-    presented = _presented_key(authorization)
-    grant, unconfirmed_epoch = await resolve_grant(presented, allow_unconfirmed=allow_unconfirmed)
-    if unconfirmed_epoch is None:
-        return ApiCaller(grant=grant, workspace=select_workspace(grant, workspace_header))
-    try:
-        workspace = select_workspace(grant, workspace_header)
-    except WorkspaceAccessDenied:
-        # The remembered grant may predate a new membership: only a confirmed grant may refuse.
-        return await authenticate_api_request(authorization=authorization, workspace_header=workspace_header)
-    return ApiCaller(grant=grant, workspace=workspace, unconfirmed_epoch=unconfirmed_epoch)
+    pk: int
+    is_authenticated: bool = True
+    is_active: bool = True
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """DRF authentication by developer key. The async gateway calls `authenticate_api_request`."""
+    """DRF authentication by developer key, async: run by gateway.core.api_view.AsyncApiView.
 
-    def authenticate(self, request: Request) -> tuple[object, ApiCaller] | None:
-        header = get_authorization_header(request).decode("latin1")
-        if not header.lower().startswith("bearer "):
-            return None
-        presented = _presented_key(header)
-        grant = _check_not_expired(find_key_grant(key_hash=keys.hash_key(presented)), presented)
-        caller = ApiCaller(
-            grant=grant, workspace=select_workspace(grant, request.headers.get("x-writingmate-workspace"))
+    Returns (ApiUser, ApiCaller) or raises: /v1 has one scheme, so a missing key is a 401 with
+    OpenAI's message rather than an anonymous request. Before it asks the database about a key no
+    cache vouches for, it runs the view's throttles (apikeys.throttling.InvalidKeyThrottle).
+    """
+
+    missing_key_message = _MISSING_KEY_MESSAGE
+
+    def presented_authorization(self, request: Request) -> str | None:
+        """The credential as `Bearer <key>`; a surface whose clients send it elsewhere overrides this."""
+        return request.META.get("HTTP_AUTHORIZATION")
+
+    async def authenticate_async(
+        self, request: Request, *, allow_unconfirmed: bool = False
+    ) -> tuple[ApiUser, ApiCaller]:
+        """`allow_unconfirmed`: the view reserves quota, which confirms a remembered grant's epoch."""
+        presented = _presented_key(self.presented_authorization(request), self.missing_key_message)
+        view = request.parser_context.get("view")
+
+        def before_lookup() -> None:
+            if view is not None:
+                view.check_throttles(request)
+
+        grant, unconfirmed_epoch = await resolve_grant(
+            presented, allow_unconfirmed=allow_unconfirmed, before_lookup=before_lookup
         )
-        return User.objects.get(pk=grant.user_id), caller
+        if grant is None:
+            await throttling.note_invalid_key(throttling.client_address(request))
+            raise incorrect_key(presented)
+        workspace_header = request.META.get("HTTP_X_WRITINGMATE_WORKSPACE")
+        if unconfirmed_epoch is None:
+            caller = ApiCaller(grant=grant, workspace=select_workspace(grant, workspace_header))
+        else:
+            try:
+                caller = ApiCaller(
+                    grant=grant,
+                    workspace=select_workspace(grant, workspace_header),
+                    unconfirmed_epoch=unconfirmed_epoch,
+                )
+            except WorkspaceAccessDenied:
+                # The remembered grant may predate a new membership: only a confirmed grant may refuse.
+                return await self.authenticate_async(request)
+        return ApiUser(pk=grant.user_id), caller
+
+    def authenticate(self, request: Request) -> tuple[ApiUser, ApiCaller] | None:
+        raise ImproperlyConfigured("ApiKeyAuthentication is async: serve the view with AsyncApiView.")
 
     def authenticate_header(self, request: Request) -> str:
-        return "Bearer"
+        return 'Bearer realm="writingmate"'

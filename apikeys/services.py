@@ -12,6 +12,7 @@ from accounts.access import UserAccess, bump_access_epoch, load_user_access
 from accounts.models import User
 from apikeys import keys
 from apikeys.models import DeveloperKey
+from apikeys.throttling import mark_key_known
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def create_api_key(*, user: User, name: str, expires_at: dt.datetime | None = No
         key_hash=keys.hash_key(plaintext),
         expires_at=expires_at,
     )
+    transaction.on_commit(lambda: mark_key_known(key.key_hash))
     return IssuedKey(key=key, plaintext=plaintext)
 
 

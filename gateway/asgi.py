@@ -25,7 +25,8 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase
-from django.urls import Resolver404, set_urlconf
+from django.template.response import SimpleTemplateResponse
+from django.urls import Resolver404, resolve
 from django.urls.resolvers import RoutePattern
 
 from billing.refusals import flush_refusals
@@ -111,11 +112,15 @@ class ApiHandler(ASGIHandler):
 
     async def _respond(self, request: HttpRequest) -> HttpResponseBase:
         try:
-            view = self._exact_route(request.path_info)
-            if view is not None:
-                return await view(request)
-            set_urlconf(settings.ROOT_URLCONF)  # only the resolver's path needs it (a context-local write)
-            return await self._get_response_async(request)
+            view, kwargs = self._exact_route(request.path_info), {}
+            if view is None:
+                match = resolve(request.path_info, urlconf=settings.ROOT_URLCONF)
+                request.resolver_match = match
+                view, kwargs = match.func, match.kwargs
+            response = await view(request, **kwargs)
+            if isinstance(response, SimpleTemplateResponse):
+                response.render()  # a DRF Response: JSON, rendered here rather than on a thread
+            return response
         except (Http404, Resolver404):
             unknown = ApiError(f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url")
             note_refused(request, unknown)
@@ -144,7 +149,7 @@ class ApiHandler(ASGIHandler):
             return
         events = response.events
         try:
-            await send_event_stream(events, send)  # with heartbeats while the upstream is silent
+            await send_event_stream(events, send, heartbeat=response.heartbeat)  # while the upstream is silent
         finally:
             await events.aclose()
         await send({"type": "http.response.body"})
@@ -175,13 +180,14 @@ class ApiHandler(ASGIHandler):
             await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
-        limit = (
-            settings.API_MAX_AUDIO_BYTES + 1024 * 1024
-            if scope["path"].endswith("/audio/transcriptions")
-            else settings.API_MAX_JSON_BODY_BYTES
-        )
+        if scope["path"].endswith("/audio/transcriptions"):
+            limit = settings.API_MAX_AUDIO_BYTES + 1024 * 1024
+        elif _is_anthropic_path(scope["path"]):
+            limit = settings.API_MAX_MESSAGES_BODY_BYTES
+        else:
+            limit = settings.API_MAX_JSON_BODY_BYTES
         try:
-            body_file = await self._read_body(scope, receive, limit)
+            body_file, body_size = await self._read_body(scope, receive, limit)
         except RequestAborted:
             return
         except _BodyTooLarge:
@@ -198,6 +204,8 @@ class ApiHandler(ASGIHandler):
             await self.send_response(render_error(scope["path"], invalid_http_request(), request_id=request_id), send)
             log_access(scope, status=400, duration_seconds=time.monotonic() - started)
             return
+        # The whole body is read (within its cap): its real length lets DRF's parsers read a chunked one.
+        request.META["CONTENT_LENGTH"] = str(body_size)
         request.request_id = request_id
         request.api_finalizers = []
         request.api_endpoint = "unknown"
@@ -246,7 +254,7 @@ class ApiHandler(ASGIHandler):
                 duration_seconds=duration,
             )
 
-    async def _read_body(self, scope: dict, receive: Callable, limit: int) -> IO[bytes]:
+    async def _read_body(self, scope: dict, receive: Callable, limit: int) -> tuple[IO[bytes], int]:
         declared = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit():
@@ -272,7 +280,7 @@ class ApiHandler(ASGIHandler):
             if not message.get("more_body", False):
                 break
         body_file.seek(0)
-        return body_file
+        return body_file, size
 
 
 def invalid_http_request() -> ApiError:

@@ -222,6 +222,17 @@ class FakeUpstream:
         self.generation_stats: dict[str, dict[str, Any]] = {}
         self.transcript_text = DEFAULT_TRANSCRIPT
         self.transcription_usage: dict[str, Any] | None = None
+        # GET /key (OpenRouter's "current API key"): every Bearer key is accepted with key_info's data
+        # (OpenRouter's field names; `label` defaults to the key masked as OpenRouter does) except the
+        # keys in rejected_keys, which get OpenRouter's 401.
+        self.key_info: dict[str, Any] = {
+            "limit": None,
+            "limit_remaining": None,
+            "limit_reset": None,
+            "usage": 0.0,
+            "is_free_tier": False,
+        }
+        self.rejected_keys: set[str] = set()
         self.respond_with: Callable[[dict[str, Any]], FakeReply | None] | None = None
         # Chat completions: the reasoning sent back when a request asks for `reasoning` (OpenRouter's field).
         self.reasoning_text = "Let me think about that."
@@ -262,6 +273,7 @@ class FakeUpstream:
         app.router.add_post(f"{API_PREFIX}/messages", self._messages)
         app.router.add_get(f"{API_PREFIX}/models", self._models)
         app.router.add_get(f"{API_PREFIX}/generation", self._generation)
+        app.router.add_get(f"{API_PREFIX}/key", self._key)
         app.router.add_post(f"{API_PREFIX}/audio/transcriptions", self._transcriptions)
         return app
 
@@ -869,6 +881,19 @@ class FakeUpstream:
                 return self._error_response(404)
             usage = self.usage
         return web.json_response({"data": generation_stats(gen_id, usage or self.usage, override or {})})
+
+    async def _key(self, request: web.Request) -> web.StreamResponse:
+        record, _ = await self._record(request)
+        failure = self._take_failure(request.path)
+        if failure and (early := await self._early_failure(failure, record)) is not None:
+            self._finish(record)
+            return early
+        self._finish(record)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not key or key in self.rejected_keys:
+            return web.json_response({"error": {"message": "User not found.", "code": 401}}, status=401)
+        label = f"{key[:11]}...{key[-3:]}" if len(key) > 14 else key
+        return web.json_response({"data": {"label": label, **self.key_info}})
 
     async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
         record, form = await self._record(request, multipart=True)

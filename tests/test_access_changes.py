@@ -40,7 +40,7 @@ def test_a_revoked_key_stops_on_the_next_completion(url, fake_upstream, plan):
     revoke_api_key(key=DeveloperKey.objects.get(user=caller.user))
     response = requests.post(url, json=chat(), headers=auth(caller.key), timeout=10)
 
-    assert_openai_error(response, status=401, code="invalid_api_key", message_contains="unknown, revoked or expired")
+    assert_openai_error(response, status=401, code="invalid_api_key", message_contains="Check the key in Settings")
     assert len(fake_upstream.requests_to("/chat/completions")) == 1
     assert [event.status for event in settle_ledger(1)] == ["succeeded"]
 

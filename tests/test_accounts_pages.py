@@ -48,7 +48,7 @@ def client_pages(client) -> list[str]:
     member = User.objects.create_user("member@example.com")
     workspace = services.create_workspace(user=owner, name="Team")
     target = Membership.objects.create(user=member, workspace=workspace, role=Membership.Role.MEMBER)
-    services.set_openrouter_key(user=owner, key="sk-or-v1-abcdef-1234")
+    services.set_openrouter_key(user=owner, key="sk-or-v1-abcdef0123456789-1234")
     key = create_api_key(user=owner, name="k").key
     client.force_login(owner)
     return [
@@ -58,6 +58,9 @@ def client_pages(client) -> list[str]:
         reverse("apikey-revoke", args=[key.pk]),
         reverse("workspace-detail", args=[workspace.pk]),
         reverse("workspace-member-remove", args=[workspace.pk, target.pk]),
+        reverse("workspace-leave", args=[workspace.pk]),
+        reverse("openrouter-key-remove"),
+        reverse("email-change"),
         reverse("usage"),
     ]
 
@@ -68,8 +71,9 @@ def audit(body: str) -> PageAudit:
     return parser
 
 
-def test_every_page_is_labelled_protected_and_local(client, db) -> None:
-    responses = {url: client.get(url) for url in (reverse("login"), reverse("signup"))}
+def test_every_page_is_labelled_protected_and_local(client, db, fake_upstream) -> None:
+    anonymous = (reverse("login"), reverse("signup"), reverse("password_reset"), reverse("password_reset_done"))
+    responses = {url: client.get(url) for url in anonymous}
     responses |= {url: client.get(url) for url in client_pages(client)}
     responses["key reveal"] = client.post(reverse("apikey-create"), {"name": "audit"})
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import call_command
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 
-from accounts.models import Membership, User
+from accounts.models import Membership, User, Workspace
 
 
 def assert_has_personal_workspace(user: User) -> None:
@@ -124,3 +128,75 @@ def test_pages_render_for_anonymous_visitors(client) -> None:
         assert b"csrfmiddlewaretoken" in response.content
         assert b'<link rel="stylesheet" href="/static/css/site.css">' in response.content
     assert client.get("/")["Location"] == reverse("settings")
+
+
+# ---- emails ignore case (issue 10 point 9) -------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("typed", ["Me@Example.com", "ME@EXAMPLE.COM", "  me@example.com "])
+def test_sign_in_ignores_the_case_of_the_email(client, typed: str) -> None:
+    User.objects.create_user("Me@Example.com", "a-long-password-1")
+
+    response = client.post(reverse("login"), {"username": typed, "password": "a-long-password-1"})
+
+    assert response.status_code == 302 and response["Location"] == reverse("settings")
+    assert client.get(reverse("settings")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_admin_sign_in_ignores_case_and_a_wrong_password_still_fails(client) -> None:
+    User.objects.create_superuser("root@example.com", "a-long-password-1")
+
+    wrong = client.post(reverse("admin:login"), {"username": "ROOT@example.com", "password": "wrong-password-9"})
+    assert wrong.status_code == 200 and client.get(reverse("admin:index")).status_code == 302
+    right = client.post(reverse("admin:login"), {"username": "ROOT@example.com", "password": "a-long-password-1"})
+    assert right.status_code == 302
+    assert client.get(reverse("admin:index")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_two_accounts_cannot_differ_only_by_case(client, admin_client) -> None:
+    User.objects.create_user("taken@example.com", "a-long-password-1")
+
+    signup = client.post(
+        reverse("signup"),
+        {"email": "TAKEN@Example.com", "password1": "a-long-password-1", "password2": "a-long-password-1"},
+    )
+    assert "email" in signup.context["form"].errors
+    admin_add = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {"email": "Taken@EXAMPLE.com", "usable_password": "false"},
+    )
+    assert admin_add.status_code == 200 and "email" in admin_add.context["adminform"].form.errors
+    # The database refuses it too, whatever path a future writer takes.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        User.objects.create(email="TAKEN@EXAMPLE.COM")
+    assert User.objects.filter(email__iexact="taken@example.com").count() == 1
+
+
+@pytest.mark.django_db
+def test_every_way_of_writing_an_email_stores_it_lowercased(admin_client) -> None:
+    assert User.objects.create_user(" Mixed@Example.COM ").email == "mixed@example.com"
+    admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {"email": "Added@Example.com", "usable_password": "false"},
+    )
+    assert User.objects.filter(email="added@example.com").exists()
+
+
+@pytest.mark.django_db
+def test_the_migration_lowercases_old_emails_and_renames_old_default_workspaces() -> None:
+    migration = importlib.import_module("accounts.migrations.0004_user_email_ignoring_case")
+    old = User.objects.create_user("old@example.com")
+    User.objects.filter(pk=old.pk).update(email="Old@Example.com")
+    Workspace.objects.filter(pk=old.current_workspace_id).update(name="Old@Example.com's workspace")
+    named = Workspace.objects.create(name="someone@else.com's workspace", plan=old.current_workspace.plan)
+
+    migration.lowercase_emails_and_rename_personal_workspaces(django_apps, None)
+
+    old.refresh_from_db()
+    assert old.email == "old@example.com"
+    assert old.current_workspace.name == "Personal workspace"
+    named.refresh_from_db()
+    assert named.name == "someone@else.com's workspace"  # not its owner's email: a name someone chose

@@ -167,7 +167,7 @@ def test_settings_page_lists_workspaces_with_switch_and_create_forms(client, tea
 
     body = response.content.decode()
     assert response.status_code == 200
-    assert "Team" in body and "owner@example.com&#x27;s workspace" in body
+    assert "Team" in body and "Personal workspace" in body
     assert reverse("workspace-switch", args=[team["workspace"].pk]) in body
     assert reverse("workspace-create") in body
     assert body.count("csrfmiddlewaretoken") == body.count("<form")

@@ -662,3 +662,113 @@ def test_a_client_that_leaves_mid_stream_is_billed_then_settled(live_server, fak
     assert settle_pending_generations(fetch_stats=fetch_generation_stats) == {"settled": 1}
     settlement = UsageEvent.objects.get(kind=UsageEvent.Kind.SETTLEMENT)
     assert settlement.completion_tokens == 900 - line.completion_tokens
+
+
+def test_a_model_is_retrieved_by_any_id_a_request_may_name(client, fake_upstream):
+    assert client.models.retrieve(CLAUDE).display_name == "Claude Sonnet 4.5"
+    assert client.models.retrieve("claude-opus-5-5").id == "claude-opus-5-5"
+    with pytest.raises(anthropic.NotFoundError, match="claude-nonexistent-9"):
+        client.models.retrieve("claude-nonexistent-9")
+
+
+def test_keep_alives_are_anthropics_ping_events_between_whole_events(base_url, fake_upstream, caller, settings):
+    settings.STREAM_HEARTBEAT_SECONDS = 0.05
+    fake_upstream.chunk_delay_ms = 200
+    fake_upstream.chunks = 2
+    fake_upstream.send_processing_comment = True  # OpenRouter's own keep-alive comment
+
+    claude = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    translated = _post(base_url, caller.key, {"model": GPT, "max_tokens": 64, "messages": HELLO, "stream": True})
+
+    ping = b'event: ping\ndata: {"type":"ping"}\n\n'
+    sent = b": OPENROUTER PROCESSING\n\n" + fake_upstream.requests_to("/messages")[-1].sent
+    assert claude.content.replace(ping, b"") == sent.replace(ping, b"")  # the upstream's bytes, all kept
+    assert claude.content.count(b"event: ping") > 2
+    events = _events(translated.content)
+    assert [e["type"] for e in events].count("ping") > 2
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+
+
+def test_a_large_session_fits_and_a_body_past_the_limit_is_request_too_large(base_url, fake_upstream, caller, settings):
+    big = "x" * (5 * 1024 * 1024)  # past /v1's JSON limit: a Claude Code session with screenshots
+    ok = _post(
+        base_url, caller.key, {"model": CLAUDE, "max_tokens": 16, "messages": [{"role": "user", "content": big}]}
+    )
+    assert ok.status_code == 200
+
+    settings.API_MAX_MESSAGES_BODY_BYTES = 1024 * 1024
+    refused = _post(
+        base_url, caller.key, {"model": CLAUDE, "max_tokens": 16, "messages": [{"role": "user", "content": big}]}
+    )
+    assert refused.status_code == 413 and refused.json()["error"]["type"] == "request_too_large"
+    assert refused.headers["request-id"].startswith("req_")
+
+
+def test_a_claude_stream_that_breaks_ends_with_an_error_event(base_url, fake_upstream, caller):
+    fake_upstream.fail_next("drop_mid_stream", endpoint="/messages")
+    dropped = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    events = _events(dropped.content)
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "error"]
+    assert events[-1]["error"]["type"] == "api_error"
+
+    fake_upstream.fail_next("error_mid_stream", endpoint="/messages")
+    failed = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
+    assert _events(failed.content)[-1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert failed.content.count(b"event: error") == 1  # the upstream's own, relayed; nothing added
+
+    lines = wait_for_usage_events(2)
+    assert {line.status for line in lines} == {"failed"}
+
+
+def test_a_keys_model_allowlist_applies_and_an_alias_falls_back_within_it(client, fake_upstream, caller):
+    from accounts.access import bump_access_epoch
+    from apikeys.models import DeveloperKey
+    from apikeys.services import set_key_limits
+
+    set_key_limits(key=DeveloperKey.objects.get(user=caller.user), daily_message_limit=None, allowed_models=[GPT])
+    bump_access_epoch()
+
+    assert client.messages.create(model="claude-opus-5-5", max_tokens=16, messages=HELLO).model == GPT
+    with pytest.raises(anthropic.PermissionDeniedError, match="allowlist"):
+        client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    assert [m.id for m in client.models.list()] == [GPT]
+
+
+def test_a_200_that_carries_an_error_is_an_api_error_not_an_empty_message(client, fake_upstream):
+    fake_upstream.fail_next("error_body_200", endpoint="/chat/completions")
+    with pytest.raises(anthropic.InternalServerError, match="Provider returned error"):
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    [line] = wait_for_usage_events(1)
+    assert line.status == "failed"
+
+
+def test_every_answer_validates_against_the_sdks_own_types(base_url, fake_upstream, caller):
+    from anthropic.types import ModelInfo
+    from anthropic.types.shared import ErrorResponse
+
+    def post(path: str, body: dict) -> requests.Response:
+        return requests.post(f"{base_url}/v1/{path}", json=body, headers={"x-api-key": caller.key}, timeout=20)
+
+    fake_upstream.messages_tool_call = ("get_weather", {"location": "Paris"})
+    for model in (CLAUDE, GPT):
+        answer = post(
+            "messages",
+            {
+                "model": model,
+                "max_tokens": 2000,
+                "messages": HELLO,
+                "tools": [WEATHER],
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+        )
+        Message.model_validate(answer.json(), strict=False)
+    MessageTokensCount.model_validate(post("messages/count_tokens", {"model": CLAUDE, "messages": HELLO}).json())
+    listed = requests.get(f"{base_url}/v1/models", headers={"x-api-key": caller.key}, timeout=20).json()
+    for model in listed["data"]:
+        ModelInfo.model_validate(model)
+    ErrorResponse.model_validate(
+        post("messages", {"model": "claude-nonexistent-9", "max_tokens": 5, "messages": HELLO}).json()
+    )

@@ -11,20 +11,22 @@ from django.conf import settings
 from django.db import connection
 from django.urls import reverse
 from rest_framework.exceptions import AuthenticationFailed
-from rest_framework.test import APIRequestFactory
 
 from accounts.models import User
 from apikeys import keys
-from apikeys.authentication import ApiKeyAuthentication
 from apikeys.models import DeveloperKey
-from apikeys.services import create_api_key, revoke_api_key
+from apikeys.services import create_api_key, find_key_grant, revoke_api_key
 
 KEY_PATTERN = re.compile(r"^wmk_[0-9A-Za-z]{49}$")
 
 
 def authenticate(key: str) -> tuple:
-    request = APIRequestFactory().get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}")
-    return ApiKeyAuthentication().authenticate(request)
+    """The key's owner and grant as /v1 reads them from the database (the API's own path is async and
+    runs on other connections, which cannot see this test's transaction: tests/test_authentication.py)."""
+    grant = find_key_grant(key_hash=keys.hash_key(key))
+    if grant is None:
+        raise AuthenticationFailed("unknown, revoked or expired key")
+    return User.objects.get(pk=grant.user_id), grant
 
 
 def test_generated_keys_have_the_format_and_a_valid_checksum() -> None:

@@ -133,3 +133,16 @@ def test_repeated_refusals_of_one_key_share_a_row_per_minute(live_server, fake_u
     rows = wait_for_refusals(25, code="model_not_allowed")
     assert len({r.minute for r in rows}) == len(rows) <= 2  # a minute boundary may split them
     assert Refusal.objects.aggregate(total=Sum("count"))["total"] == 25
+
+
+def test_refusals_on_the_anthropic_surface_are_recorded_too(live_server, fake_upstream):
+    url = f"{live_server.url}/api/anthropic/v1/messages"
+    unknown_key = keys.generate_key()
+    body = {"model": "openai/gpt-5-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    response = requests.post(
+        url, json=body, headers={"x-api-key": unknown_key, "anthropic-version": "2023-06-01"}, timeout=30
+    )
+    assert response.status_code == 401 and response.json()["type"] == "error"
+
+    [row] = wait_for_refusals(1)
+    assert (row.status, row.key_prefix, row.address) == (401, keys.visible_prefix(unknown_key), "127.0.0.1")

@@ -10,11 +10,12 @@ from django.contrib.auth import authenticate
 from django.core.cache import cache
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
+from rest_framework.request import Request
 
 from accounts.login_throttling import LoginThrottleMiddleware
 from accounts.models import User
 from apikeys import throttling
-from apikeys.throttling import TooManyInvalidKeys, ensure_address_allowed, note_invalid_key
+from apikeys.throttling import InvalidKeyThrottle, TooManyInvalidKeys, blocked_seconds, note_invalid_key
 
 LIMIT = 5
 
@@ -35,11 +36,13 @@ async def fail(address: str, times: int) -> None:
 
 
 def allowed(address: str) -> bool:
-    try:
-        asyncio.run(ensure_address_allowed(address))
-    except TooManyInvalidKeys:
-        return False
-    return True
+    return blocked_seconds(address) is None
+
+
+def unauthenticated_request(address: str) -> Request:
+    request = Request(RequestFactory().get("/v1/models", REMOTE_ADDR=address))
+    request.auth = None
+    return request
 
 
 def exercise_blocking() -> None:
@@ -51,7 +54,7 @@ def exercise_blocking() -> None:
     assert not allowed("203.0.113.7")
     assert allowed("203.0.113.8")
     with pytest.raises(TooManyInvalidKeys) as blocked:
-        asyncio.run(ensure_address_allowed("203.0.113.7"))
+        InvalidKeyThrottle().allow_request(unauthenticated_request("203.0.113.7"), view=None)
     assert 0 < blocked.value.wait <= throttling.WINDOW_SECONDS
     assert blocked.value.status_code == 429
     assert blocked.value.get_codes() == "too_many_invalid_keys"
@@ -98,21 +101,22 @@ def test_the_block_ends_with_the_window(monkeypatch):
     assert allowed("198.51.100.1")
 
 
-def test_the_check_for_a_valid_key_does_no_io_and_costs_microseconds(monkeypatch):
-    asyncio.run(fail("198.51.100.2", LIMIT + 1))  # some other address is blocked: the table is not empty
+def test_the_throttle_passes_authenticated_keys_and_unblocked_addresses_without_io(monkeypatch):
+    asyncio.run(fail("198.51.100.2", LIMIT + 1))  # this address is blocked
 
-    def no_redis_on_the_success_path():
-        raise AssertionError("ensure_address_allowed must not touch Redis")
+    def no_redis():
+        raise AssertionError("the throttle's check must not touch Redis")
 
-    monkeypatch.setattr(throttling, "async_redis", no_redis_on_the_success_path)
+    monkeypatch.setattr(throttling, "async_redis", no_redis)
+    monkeypatch.setattr(throttling, "sync_redis", no_redis)
+    from_blocked = unauthenticated_request("198.51.100.2")
+    from_blocked.auth = object()  # a valid key: authenticated
+    throttle = InvalidKeyThrottle()
 
-    async def many_checks() -> float:
-        started = time.perf_counter()
-        for _ in range(10_000):
-            await ensure_address_allowed("192.0.2.44")
-        return (time.perf_counter() - started) / 10_000
-
-    assert asyncio.run(many_checks()) < 20e-6
+    assert throttle.allow_request(from_blocked, view=None) is True
+    assert throttle.allow_request(unauthenticated_request("192.0.2.44"), view=None) is True
+    with pytest.raises(TooManyInvalidKeys):
+        throttle.allow_request(unauthenticated_request("198.51.100.2"), view=None)
 
 
 # --- sign-in throttling ----------------------------------------------------------------------------

@@ -119,6 +119,21 @@ LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default
 LOGIN_THROTTLE_FAILURES_PER_ACCOUNT = env.int("LOGIN_THROTTLE_FAILURES_PER_ACCOUNT", default=5)
 LOGIN_THROTTLE_FAILURES_PER_ADDRESS = env.int("LOGIN_THROTTLE_FAILURES_PER_ADDRESS", default=30)
 LOGIN_THROTTLE_PATHS = env.list("LOGIN_THROTTLE_PATHS", default=["/login/", "/admin/login/"])
+# Email: password resets and email-change confirmations. EMAIL_URL as django-environ reads it:
+# consolemail:// (the default: mails are printed to stdout), smtp+tls://USER:PASSWORD@HOST:587 or
+# smtps://USER:PASSWORD@HOST:465 (URL-encode special characters in the password).
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_SECONDS", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Writingmate <no-reply@localhost>")
+# How long a password-reset or email-change link works.
+PASSWORD_RESET_TIMEOUT = env.int("ACCOUNT_LINK_MAX_AGE_SECONDS", default=2 * 24 * 3600)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -149,9 +164,14 @@ STORAGES = {
     },
 }
 
+# What runs on every /v1 view (gateway.core.api_view.AsyncApiView runs this pipeline asynchronously).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["apikeys.throttling.InvalidKeyThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["gateway.parsers.JsonObjectParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "gateway.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -197,6 +217,9 @@ STREAM_HEARTBEAT_SECONDS = env.float("STREAM_HEARTBEAT_SECONDS", default=15.0)
 # --- API limits ---------------------------------------------------------------------------------
 API_MAX_JSON_BODY_BYTES = env.int("API_MAX_JSON_BODY_BYTES", default=4 * 1024 * 1024)
 API_MAX_AUDIO_BYTES = env.int("API_MAX_AUDIO_BYTES", default=25 * 1024 * 1024)
+# Anthropic's Messages API: Claude Code sends whole sessions, screenshots and PDFs inline (Anthropic's own
+# cap is 32 MB; this stays under the deploy guide's nginx client_max_body_size).
+API_MAX_MESSAGES_BODY_BYTES = env.int("API_MAX_MESSAGES_BODY_BYTES", default=24 * 1024 * 1024)
 API_MAX_HEADER_BYTES = env.int("API_MAX_HEADER_BYTES", default=32 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_AUDIO_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

@@ -33,6 +33,13 @@ def presented_key_prefix(authorization: str | None) -> str:
     return "(not wmk_)" if presented else ""
 
 
+def _presented(meta: dict) -> str | None:
+    # OpenAI's clients send `Authorization: Bearer`, Anthropic's `x-api-key`.
+    if meta.get("HTTP_AUTHORIZATION"):
+        return meta["HTTP_AUTHORIZATION"]
+    return f"Bearer {meta['HTTP_X_API_KEY']}" if meta.get("HTTP_X_API_KEY") else None
+
+
 def note_refused(
     request: HttpRequest, error: ApiError, *, caller: ApiCaller | None = None, cause: Exception | None = None
 ) -> None:
@@ -51,7 +58,7 @@ def note_refused(
         address=address_bucket(meta.get("REMOTE_ADDR") or ""),
         message=error.message,
         key_id=grant.key_id if grant is not None else None,
-        key_prefix=grant.key_prefix if grant is not None else presented_key_prefix(meta.get("HTTP_AUTHORIZATION")),
+        key_prefix=grant.key_prefix if grant is not None else presented_key_prefix(_presented(meta)),
         user_id=grant.user_id if grant is not None else None,
         workspace_id=workspace_id,
         model=getattr(request, "api_model", "") or "",

@@ -96,7 +96,9 @@ def _without_usage(event: dict) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def send_event_stream(events: AsyncIterator[bytes], send: Callable[[dict], Awaitable[None]]) -> None:
+async def send_event_stream(
+    events: AsyncIterator[bytes], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
+) -> None:
     """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
     STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
     silent stream (a reasoning model thinking) open.
@@ -118,7 +120,7 @@ async def send_event_stream(events: AsyncIterator[bytes], send: Callable[[dict],
     async def beat() -> None:
         nonlocal last_sent
         with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
-            await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+            await send({"type": "http.response.body", "body": heartbeat, "more_body": True})
         last_sent = loop.time()
 
     def check() -> None:
@@ -254,8 +256,9 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
 class EventStreamResponse(StreamingHttpResponse):
     """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
 
-    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8")
         self.events = events
+        self.heartbeat = heartbeat  # what a silent stream sends (Anthropic's surface: an `event: ping`)
         for name, value in {**SSE_HEADERS, **headers}.items():
             self[name] = value

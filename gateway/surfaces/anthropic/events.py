@@ -112,13 +112,19 @@ async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesO
             outcome.delivered.append(chunk)
             buffer = pending + chunk if pending else chunk
             end = _complete_part(buffer)
+            if not end:
+                pending = buffer
+                continue
             pending = buffer[end:]
-            if end and (b"message_" in buffer or b'"error"' in buffer):
-                for event in _Events().feed(buffer[:end]):
+            whole = buffer[:end]
+            if b"message_" in whole or b'"error"' in whole:
+                for event in _Events().feed(whole):
                     finished = _note_event(event, outcome) or finished
-            yield chunk
+            # Whole events only: a keep-alive the handler sends in a pause then falls between two events.
+            yield whole
             if finished:
                 return
+        # An event the upstream never finished is dropped: the error event below says what happened.
         if not finished and not outcome.upstream_error_relayed:
             outcome.status = "failed"
             outcome.error_kind = "stream_dropped"

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from accounts.access import WorkspaceAccess
+from apikeys.services import KeyGrant
 from gateway import catalogue
 from gateway.catalogue import CatalogueEntry
 from gateway.errors import ApiError, invalid_request
@@ -74,8 +75,11 @@ def _not_in_plan(model: str, workspace: WorkspaceAccess) -> ApiError:
     )
 
 
-async def resolve_model(model: object, workspace: WorkspaceAccess) -> Resolved:
-    """The catalogue entry serving `model` for this workspace, or a 400 / 403 / 404 naming it."""
+async def resolve_model(model: object, workspace: WorkspaceAccess, *, key: KeyGrant | None = None) -> Resolved:
+    """The catalogue entry serving `model` for this workspace (and key), or a 400 / 403 / 404 naming it.
+
+    An alias's fallback serves when the plan, or the key's own model allowlist, excludes its target.
+    """
     if not isinstance(model, str) or not model:
         raise invalid_request("model: Field required", param="model")
     entries = await catalogue.enabled_models()
@@ -85,12 +89,17 @@ async def resolve_model(model: object, workspace: WorkspaceAccess) -> Resolved:
         if alias is None:
             raise not_found_model(model)
         candidates = [entries.get(alias.target), entries.get(alias.fallback) if alias.fallback else None]
-        for candidate in candidates:
-            if candidate is not None and workspace.allows_model(slug=candidate.slug, tier=candidate.tier):
+        in_plan = [c for c in candidates if c is not None and workspace.allows_model(slug=c.slug, tier=c.tier)]
+        for candidate in in_plan:
+            if key is None or key.allows_model(candidate.slug):
                 return Resolved(candidate, stands_in=alias.stands_in, max_output_tokens=alias.max_output_tokens)
+        if in_plan and key is not None:
+            catalogue.ensure_key_allows(in_plan[0], key=key, requested=model)
         if not any(candidates):
             raise not_found_model(model)
         raise _not_in_plan(model, workspace)
     if not workspace.allows_model(slug=entry.slug, tier=entry.tier):
         raise _not_in_plan(model, workspace)
+    if key is not None:
+        catalogue.ensure_key_allows(entry, key=key, requested=model)
     return Resolved(entry)

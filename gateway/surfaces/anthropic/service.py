@@ -31,7 +31,7 @@ from gateway.surfaces.anthropic.events import (
     translate_chat_events,
 )
 from gateway.surfaces.anthropic.models import Resolved, is_claude, resolve_model
-from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
+from gateway.surfaces.anthropic.passthrough import RawBody
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
 
 ENDPOINT = "messages"  # as the ledger records it
@@ -55,8 +55,7 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
 async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
     try:
         translate.check_request(body)
-        resolved = await resolve_model(body.get("model"), caller.workspace)
-        catalogue.ensure_key_allows(resolved.entry, key=caller.grant, requested=str(body.get("model")))
+        resolved = await resolve_model(body.get("model"), caller.workspace, key=caller.grant)
         _check_routing(body, resolved.entry)
         return resolved, route_chat(entry=resolved.entry, caller=caller)
     except ApiError:
@@ -118,11 +117,13 @@ async def create_message(
     *,
     caller: ApiCaller,
     raw_body: bytes,
+    body: dict,
+    raw: RawBody,
     headers: Mapping[str, str],
     request_id: str,
     idempotency_key: str | None = None,
 ) -> GatewayCall:
-    body, raw = parse_body(raw_body)
+    """`body` and `raw` from passthrough.parse_body of `raw_body` (the view parses, to label the request)."""
     resolved, route = await _admit(caller, body)
     adaptation = adapt_request(body, resolved)
     return await services.idempotently(
@@ -200,6 +201,11 @@ async def _create_admitted(
         return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
 
     answer = await services.read_completion(upstream, outcome=outcome, finish=finish)
+    if (answer.get("type") == "error") if claude else not answer.get("choices"):
+        # A 200 that carries an error (OpenRouter's answer when a provider fails after accepting).
+        outcome.status, outcome.error_kind = "failed", "status_5xx"
+        await finish()
+        raise ApiError(f"The upstream failed: {_error_message(answer)}", status=502, error_type="server_error")
     if claude:
         outcome.generation_id = str(answer.get("id") or "")
         content = answer.get("content")
@@ -217,18 +223,41 @@ async def _create_admitted(
     return GatewayCall(result=Completion(status=200, body=response_body, headers=response_headers), finish=finish)
 
 
+def _error_message(answer: dict) -> str:
+    error = answer.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return "it answered without a message."
+
+
 def _block_text(block: dict) -> str:
     if block.get("type") == "tool_use":
         return json.dumps(block.get("input"))
     return str(block.get("text") or block.get("thinking") or "")
 
 
-async def count_tokens(*, caller: ApiCaller, raw_body: bytes) -> dict:
+async def count_tokens(*, caller: ApiCaller, body: dict) -> dict:
     """Anthropic's count_tokens: authenticated and checked like a message, but nothing reserved or billed."""
-    body, _ = parse_body(raw_body)
-    body.setdefault("max_tokens", 1)
+    body = {**body, "max_tokens": body.get("max_tokens") or 1}
     await _admit(caller, body)
     return {"input_tokens": estimate_input_tokens(body)}
+
+
+def _model_info(model_id: str, entry: catalogue.CatalogueEntry) -> dict:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created))
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": entry.display_name,
+        "created_at": created,
+        "lifecycle": "active",  # a catalogue model that is disabled is not listed at all
+    }
+
+
+async def retrieve_model(*, caller: ApiCaller, model_id: str) -> dict:
+    """One model by any id a request may name (slug or alias), as the model that would serve it."""
+    resolved = await resolve_model(model_id, caller.workspace, key=caller.grant)
+    return _model_info(model_id, resolved.entry)
 
 
 async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, before_id: str | None) -> dict:
@@ -241,15 +270,7 @@ async def list_models(*, caller: ApiCaller, limit: int, after_id: str | None, be
         entries = entries[: ids.index(before_id)]
         entries = entries[-limit:]
     page = entries[:limit]
-    data = [
-        {
-            "type": "model",
-            "id": e.slug,
-            "display_name": e.display_name,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.created)),
-        }
-        for e in page
-    ]
+    data = [_model_info(e.slug, e) for e in page]
     return {
         "data": data,
         "has_more": len(entries) > len(page),

@@ -1,99 +1,60 @@
-"""/api/anthropic/v1: authenticate (x-api-key or Bearer), call one service, answer in Anthropic's shape."""
+"""/api/anthropic/v1 as DRF views: authenticate (x-api-key or Bearer), call one service, answer in
+Anthropic's shape. DRF's pipeline is gateway.core.api_view's; only the key's header, the error shape
+and the `request-id` header are this surface's own.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
 
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from rest_framework.exceptions import APIException
+from rest_framework.request import Request
 
-from accounts.access import AccessChanged
-from apikeys.authentication import ApiCaller, InvalidApiKey, authenticate_api_request
-from apikeys.throttling import ensure_address_allowed, note_invalid_key
+from apikeys.authentication import ApiKeyAuthentication
+from gateway.core.api_view import AsyncApiView
 from gateway.core.calls import CompletionStream, GatewayCall
 from gateway.core.finalizers import add_finalizer
-from gateway.core.refusals import note_refused
 from gateway.core.streaming import EventStreamResponse
-from gateway.errors import ApiError, from_drf_exception, service_unavailable
+from gateway.errors import ApiError
 from gateway.surfaces.anthropic import service
 from gateway.surfaces.anthropic.errors import error_response
+from gateway.surfaces.anthropic.events import PING
+from gateway.surfaces.anthropic.passthrough import RawBody, parse_body
 
-logger = logging.getLogger(__name__)
-
-View = Callable[..., Awaitable[HttpResponseBase]]
 _MISSING_KEY = (
     "x-api-key header is required: send your Writingmate developer key as x-api-key (ANTHROPIC_API_KEY) "
     "or as Authorization: Bearer (ANTHROPIC_AUTH_TOKEN). Create one in Settings → API Keys."
 )
 
 
-def _authorization(request: HttpRequest) -> str | None:
-    """The developer key as a bearer credential: x-api-key (ANTHROPIC_API_KEY) first, else Authorization."""
-    api_key = request.META.get("HTTP_X_API_KEY", "").strip()
-    if api_key:
-        return f"Bearer {api_key}"
-    return request.META.get("HTTP_AUTHORIZATION")
+class AnthropicKeyAuthentication(ApiKeyAuthentication):
+    """The developer key from x-api-key (ANTHROPIC_API_KEY) first, else Authorization: Bearer."""
+
+    missing_key_message = _MISSING_KEY
+
+    def presented_authorization(self, request: Request) -> str | None:
+        api_key = request.META.get("HTTP_X_API_KEY", "").strip()
+        if api_key:
+            return f"Bearer {api_key}"
+        return request.META.get("HTTP_AUTHORIZATION")
 
 
-async def _authenticate(request: HttpRequest, *, allow_unconfirmed: bool) -> ApiCaller:
-    authorization = _authorization(request)
-    try:
-        if not authorization:
-            raise InvalidApiKey(_MISSING_KEY)
-        return await authenticate_api_request(
-            authorization=authorization,
-            workspace_header=request.META.get("HTTP_X_WRITINGMATE_WORKSPACE"),
-            allow_unconfirmed=allow_unconfirmed,
-        )
-    except InvalidApiKey:
-        await note_invalid_key(request.META.get("REMOTE_ADDR") or "")
-        raise
+class AnthropicView(AsyncApiView):
+    """This surface's views: its key header, Anthropic's error shape, `request-id` on every response."""
 
+    authentication_classes = [AnthropicKeyAuthentication]
 
-def messages_endpoint(*, method: str, name: str, reserves_quota: bool = False) -> Callable[[View], View]:
-    """Method check, key authentication and Anthropic-shaped errors around an async view of this surface."""
+    def error_response(self, error: ApiError) -> HttpResponse:
+        return error_response(error, request_id=self.request._request.request_id)
 
-    def decorate(view: View) -> View:
-        @functools.wraps(view)
-        async def wrapper(request: HttpRequest, **kwargs: str) -> HttpResponseBase:
-            request.api_endpoint = name
-            caller: ApiCaller | None = None
-            try:
-                if request.method != method:
-                    raise ApiError(f"Method {request.method} is not allowed here; use {method}.", status=405)
-                await ensure_address_allowed(request.META.get("REMOTE_ADDR") or "")
-                allow_unconfirmed = reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
-                caller = await _authenticate(request, allow_unconfirmed=allow_unconfirmed)
-                try:
-                    response = await view(request, caller, **kwargs)
-                except AccessChanged:
-                    # Nothing was held or sent upstream yet: start over on a freshly read grant.
-                    caller = await _authenticate(request, allow_unconfirmed=False)
-                    response = await view(request, caller, **kwargs)
-            except ApiError as exc:
-                return _refused(request, exc, caller=caller)
-            except APIException as exc:
-                return _refused(request, from_drf_exception(exc), caller=caller, cause=exc)
-            except DatabaseError:
-                logger.warning("database unavailable on %s (%s)", request.path, request.request_id, exc_info=True)
-                return _refused(request, service_unavailable(), caller=caller)
-            response["request-id"] = request.request_id
-            return response
-
-        return wrapper
-
-    return decorate
-
-
-def _refused(
-    request: HttpRequest, error: ApiError, *, caller: ApiCaller | None = None, cause: Exception | None = None
-) -> HttpResponse:
-    note_refused(request, error, caller=caller, cause=cause)  # the refusal record, as on /v1
-    return error_response(error, request_id=request.request_id)
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["request-id"] = request._request.request_id
+        return response
 
 
 def _json(payload: object, *, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -107,40 +68,45 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
     return response
 
 
-def _note_model(request: HttpRequest) -> None:
-    """The model named in the body, for the access log and metrics (cheap: no full parse)."""
-    head = request.body[:512]
-    start = head.find(b'"model"')
-    if start != -1:
-        value = head[start + 7 :].lstrip(b" \t\r\n:").split(b'"', 2)
-        if len(value) > 1:
-            request.api_model = value[1].decode("utf-8", "replace")[:200]
+def _parsed_body(request: HttpRequest) -> tuple[dict, RawBody]:
+    body, raw = parse_body(request.body)
+    if isinstance(body.get("model"), str):
+        request.api_model = body["model"][:200]  # for the access log, metrics and the refusal record
+    return body, raw
 
 
-@messages_endpoint(method="POST", name=service.ENDPOINT, reserves_quota=True)
-async def messages(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    _note_model(request)
-    call = await service.create_message(
-        caller=caller,
-        raw_body=request.body,
-        headers=request.headers,
-        request_id=request.request_id,
-        idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
-    )
-    return _respond(request, call)
+class MessagesView(AnthropicView):
+    endpoint = service.ENDPOINT
+    reserves_quota = True
+
+    async def post(self, request: Request) -> HttpResponseBase:
+        http_request = request._request
+        body, raw = _parsed_body(http_request)
+        call = await service.create_message(
+            caller=self.caller,
+            raw_body=http_request.body,
+            body=body,
+            raw=raw,
+            headers=http_request.headers,
+            request_id=http_request.request_id,
+            idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
+        )
+        return _respond(http_request, call)
 
 
-@messages_endpoint(method="POST", name="messages.count_tokens")
-async def count_tokens(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    _note_model(request)
-    return _json(await service.count_tokens(caller=caller, raw_body=request.body))
+class CountTokensView(AnthropicView):
+    endpoint = "messages.count_tokens"
+
+    async def post(self, request: Request) -> HttpResponseBase:
+        body, _ = _parsed_body(request._request)
+        return _json(await service.count_tokens(caller=self.caller, body=body))
 
 
 def _limit(raw: str | None) -> int:
@@ -151,12 +117,21 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-@messages_endpoint(method="GET", name="models.list")
-async def models_list(request: HttpRequest, caller: ApiCaller) -> HttpResponseBase:
-    page = await service.list_models(
-        caller=caller,
-        limit=_limit(request.GET.get("limit")),
-        after_id=request.GET.get("after_id"),
-        before_id=request.GET.get("before_id"),
-    )
-    return _json(page)
+class ModelsView(AnthropicView):
+    endpoint = "models.list"
+
+    async def get(self, request: Request) -> HttpResponseBase:
+        page = await service.list_models(
+            caller=self.caller,
+            limit=_limit(request.query_params.get("limit")),
+            after_id=request.query_params.get("after_id"),
+            before_id=request.query_params.get("before_id"),
+        )
+        return _json(page)
+
+
+class ModelView(AnthropicView):
+    endpoint = "models.retrieve"
+
+    async def get(self, request: Request, model_id: str) -> HttpResponseBase:
+        return _json(await service.retrieve_model(caller=self.caller, model_id=unquote(model_id)))
