@@ -130,6 +130,9 @@ def test_codexs_default_request_translates_without_a_400():
     assert (chat["prompt_cache_key"], chat["safety_identifier"], chat["user"]) == ("conv-1", "user-hash", "u-1")
     for dropped in ("client_metadata", "prompt_cache_retention", "service_tier", "top_logprobs", "include", "metadata"):
         assert dropped not in chat
+    # Fields naming an upstream are never sent on: the chat body is built from known fields only.
+    naming = {"base_url": "http://evil.example", "api_base": "http://evil.example", "api_key": "sk-x", "extra_body": {}}
+    assert not set(naming) & set(chat_request_from_responses({"model": "m", "input": "hi", **naming}).chat_body)
     assert translated.echo["reasoning"] == {"effort": "high", "summary": "auto"}
     assert translated.echo["truncation"] == "auto"
 
@@ -563,10 +566,11 @@ def test_a_large_response_completed_arrives_whole(client, fake_upstream, caller)
 
 @live
 def test_retries_of_a_stream_that_produced_nothing_cost_nothing_and_show_in_the_ledger(client, fake_upstream, caller):
-    fake_upstream.fail_next("502", times=2)  # the gateway's own one retry fails too: the client sees a 502
+    fake_upstream.fail_next("502", times=100)  # however often the gateway itself tries, the client sees a 502
 
     with pytest.raises(openai.InternalServerError):
         client.responses.create(model=MODEL, input="Say hello", stream=True)
+    fake_upstream.reset()  # the upstream recovers; the client sends the same body again
     again = list(client.responses.create(model=MODEL, input="Say hello", stream=True))
 
     assert again[-1].type == "response.completed"
