@@ -44,6 +44,36 @@ class SignupForm(forms.Form):
         return cleaned
 
 
+class EmailChangeForm(forms.Form):
+    new_email = forms.EmailField(
+        label="New email address", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    password = forms.CharField(
+        label="Your current password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="So that nobody who finds your computer signed in can take over the account.",
+    )
+
+    def __init__(self, *args: object, user: User, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_new_email(self) -> str:
+        email = User.normalize_username(self.cleaned_data["new_email"])
+        if email == self.user.email:
+            raise forms.ValidationError("That is already your email address.")
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("Another account uses that email address.")
+        return email
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your current password.")
+        return password
+
+
 class WorkspaceCreateForm(forms.Form):
     name = forms.CharField(max_length=200, label="Workspace name")
 

@@ -1,4 +1,5 @@
-"""Login brute-force throttling for the site and the admin, kept in the cache (Redis in production).
+"""Login brute-force throttling for the site and the admin, and a cap on account mails (password
+reset, email change), kept in the cache (Redis in production).
 
 Failures are counted per (address, email) and per address in a fixed window of
 LOGIN_THROTTLE_WINDOW_SECONDS. Past LOGIN_THROTTLE_FAILURES_PER_ACCOUNT for one pair, or
@@ -60,6 +61,35 @@ def note_login_failure(request: HttpRequest | None, username: str | None) -> Non
         except ValueError:
             # Expired between add and incr: this failure starts the count again.
             cache.set(key, 1, timeout)
+
+
+# Account mails (password-reset and email-change links) per window of LOGIN_THROTTLE_WINDOW_SECONDS:
+# enough for a user who mistyped or lost a mail, too few to flood someone's inbox through our forms.
+ACCOUNT_MAILS_PER_RECIPIENT = 3
+ACCOUNT_MAILS_PER_ADDRESS = 10
+
+
+def take_account_mail_allowance(request: HttpRequest, recipient: str) -> int:
+    """Count one account mail to `recipient` asked for from this address. 0 when it may be sent,
+    else the seconds until the window ends (the count is taken either way, so a flood stays refused)."""
+    window_seconds = settings.LOGIN_THROTTLE_WINDOW_SECONDS
+    window = int(time.time() // window_seconds)
+    address = _client_address(request)
+    recipient_hash = hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:32]
+    limits = {
+        f"{_KEY_PREFIX}mail-a:{address}:{window}": ACCOUNT_MAILS_PER_ADDRESS,
+        f"{_KEY_PREFIX}mail-r:{recipient_hash}:{window}": ACCOUNT_MAILS_PER_RECIPIENT,
+    }
+    over = False
+    for key, limit in limits.items():
+        cache.add(key, 0, window_seconds * 2)
+        try:
+            count = cache.incr(key)
+        except ValueError:
+            cache.set(key, 1, window_seconds * 2)
+            count = 1
+        over = over or count > limit
+    return max(1, int(window_seconds - time.time() % window_seconds)) if over else 0
 
 
 class ThrottledModelBackend(ModelBackend):

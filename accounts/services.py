@@ -7,14 +7,19 @@ grants are rebuilt on the next request.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts import openrouter_keys
 from accounts.access import bump_access_epoch
-from accounts.encryption import encrypt_secret
+from accounts.encryption import decrypt_secret, encrypt_secret
 from accounts.models import FREE_PLAN_SLUG, Membership, OpenRouterKey, Plan, User, Workspace
 
 
@@ -40,6 +45,21 @@ class LastOwner(WorkspaceRuleError):
 
 class EmailTaken(Exception):
     pass
+
+
+class EmailChangeInvalid(Exception):
+    """An email-change link that is forged, expired, for someone else or already used; the message is
+    safe to show."""
+
+
+EMAIL_CHANGE_SALT = "accounts.email-change"
+
+
+@dataclass(frozen=True)
+class EmailChange:
+    user_id: int
+    old_email: str
+    new_email: str
 
 
 @dataclass(frozen=True)
@@ -255,6 +275,19 @@ def set_openrouter_key(*, user: User, key: str) -> OpenRouterKey:
     return stored
 
 
+def recheck_openrouter_key(*, user: User) -> OpenRouterKey | None:
+    """Ask OpenRouter again about the saved key and store what it says now (label, remaining credit).
+    None when no key is saved. A rejection is raised and the key is kept: only its owner removes it."""
+    stored = OpenRouterKey.objects.filter(user=user).first()
+    if stored is None:
+        return None
+    info = openrouter_keys.check_openrouter_key(decrypt_secret(stored.encrypted_key))
+    stored.label, stored.credit_limit, stored.credit_remaining = info.label, info.credit_limit, info.credit_remaining
+    stored.limit_reset, stored.verified_at = info.limit_reset, timezone.now()
+    stored.save(update_fields=["label", "credit_limit", "credit_remaining", "limit_reset", "verified_at"])
+    return stored
+
+
 def remove_openrouter_key(*, user: User) -> bool:
     """Idempotent; True when a key was removed."""
     with transaction.atomic():
@@ -262,3 +295,69 @@ def remove_openrouter_key(*, user: User) -> bool:
         if deleted:
             _bump_after_commit()
     return bool(deleted)
+
+
+def request_email_change(*, user: User, new_email: str, confirm_url: Callable[[str], str]) -> EmailChange:
+    """Mail a signed confirmation link to `new_email` and a notice to the current address. Nothing
+    changes until the link is confirmed (see confirm_email_change). `confirm_url` turns a token into
+    the absolute link."""
+    new_email = User.normalize_username(new_email)
+    if new_email == user.email:
+        raise EmailTaken("That is already your email address.")
+    if User.objects.filter(email__iexact=new_email).exists():
+        raise EmailTaken("Another account uses that email address.")
+    change = EmailChange(user_id=user.pk, old_email=user.email, new_email=new_email)
+    token = signing.dumps({"u": change.user_id, "o": change.old_email, "n": change.new_email}, salt=EMAIL_CHANGE_SALT)
+    hours = settings.PASSWORD_RESET_TIMEOUT // 3600
+    send_mail(
+        subject="Confirm your new email address for Writingmate",
+        message=render_to_string(
+            "accounts/email/email_change_confirm.txt", {"change": change, "link": confirm_url(token), "hours": hours}
+        ),
+        from_email=None,
+        recipient_list=[change.new_email],
+    )
+    send_mail(
+        subject="Someone asked to change your Writingmate email address",
+        message=render_to_string("accounts/email/email_change_requested.txt", {"change": change, "hours": hours}),
+        from_email=None,
+        recipient_list=[change.old_email],
+    )
+    return change
+
+
+def read_email_change(*, user: User, token: str) -> EmailChange:
+    """The change a link asks for, if it is genuine, fresh, for `user` and still applicable."""
+    try:
+        data = signing.loads(token, salt=EMAIL_CHANGE_SALT, max_age=settings.PASSWORD_RESET_TIMEOUT)
+        change = EmailChange(user_id=int(data["u"]), old_email=str(data["o"]), new_email=str(data["n"]))
+    except signing.SignatureExpired as exc:
+        raise EmailChangeInvalid("This link has expired. Ask for a new one from Settings.") from exc
+    except (signing.BadSignature, KeyError, TypeError, ValueError) as exc:
+        raise EmailChangeInvalid("This link is not valid. Ask for a new one from Settings.") from exc
+    if change.user_id != user.pk:
+        raise EmailChangeInvalid("This link belongs to another account. Sign in as that account to use it.")
+    if user.email != change.old_email:
+        # Also what makes a link single-use: once the change is made, the old address no longer matches.
+        raise EmailChangeInvalid("Your email address has changed since this link was sent; it no longer works.")
+    return change
+
+
+def confirm_email_change(*, user: User, token: str) -> EmailChange:
+    """Apply the change a confirmation link asks for; the old address is told afterwards."""
+    change = read_email_change(user=user, token=token)
+    try:
+        with transaction.atomic():
+            updated = User.objects.filter(pk=user.pk, email=change.old_email).update(email=change.new_email)
+    except IntegrityError as exc:
+        raise EmailTaken("Another account started using that email address; it cannot be yours too.") from exc
+    if not updated:
+        raise EmailChangeInvalid("Your email address has changed since this link was sent; it no longer works.")
+    user.email = change.new_email
+    send_mail(
+        subject="Your Writingmate email address was changed",
+        message=render_to_string("accounts/email/email_changed.txt", {"change": change}),
+        from_email=None,
+        recipient_list=[change.old_email],
+    )
+    return change

@@ -1,4 +1,4 @@
-"""Sign-up, log in/out, password change and the settings pages."""
+"""Sign-up, log in/out, password change and reset, email change and the settings pages."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -13,6 +13,20 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("settings/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path(
+        "password-reset/",
+        views.PasswordResetView.as_view(),
+        name="password_reset",
+    ),
+    path("password-reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path("password-reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("settings/email/", views.EmailChangeView.as_view(), name="email-change"),
+    path("settings/email/confirm/<str:token>/", views.EmailChangeConfirmView.as_view(), name="email-change-confirm"),
     path("settings/", views.SettingsView.as_view(), name="settings"),
     path("settings/workspaces/new/", views.WorkspaceCreateView.as_view(), name="workspace-create"),
     path("settings/workspaces/<int:workspace_id>/", views.WorkspaceDetailView.as_view(), name="workspace-detail"),
@@ -39,5 +53,6 @@ urlpatterns = [
         name="workspace-member-remove",
     ),
     path("settings/openrouter/", views.OpenRouterKeySaveView.as_view(), name="openrouter-key-save"),
+    path("settings/openrouter/check/", views.OpenRouterKeyRecheckView.as_view(), name="openrouter-key-recheck"),
     path("settings/openrouter/remove/", views.OpenRouterKeyRemoveView.as_view(), name="openrouter-key-remove"),
 ]

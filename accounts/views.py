@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -22,6 +24,7 @@ from django.views.generic import FormView, TemplateView
 from accounts import selectors, services
 from accounts.forms import (
     ROLE_CHOICES,
+    EmailChangeForm,
     MemberAddForm,
     MemberRoleForm,
     OpenRouterKeyForm,
@@ -29,6 +32,7 @@ from accounts.forms import (
     WorkspaceCreateForm,
     WorkspaceRenameForm,
 )
+from accounts.login_throttling import take_account_mail_allowance
 from accounts.models import Membership, User
 from accounts.openrouter_keys import OpenRouterKeyError, OpenRouterUnavailable
 
@@ -257,6 +261,18 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
         return redirect(reverse("settings") + "#openrouter")
 
 
+class OpenRouterKeyRecheckView(LoginRequiredMixin, View):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            stored = services.recheck_openrouter_key(user=request.user)
+        except OpenRouterKeyError as error:
+            messages.error(request, f"{error} Your saved key was kept; replace or remove it below.")
+        else:
+            if stored is not None:
+                messages.success(request, "OpenRouter still accepts your key; its figures below are current.")
+        return redirect(reverse("settings") + "#openrouter")
+
+
 class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
     """GET asks for confirmation; POST removes."""
 
@@ -280,3 +296,80 @@ def _back_to(request: HttpRequest, *, fallback: str) -> HttpResponseRedirect:
     if target.startswith("/") and not target.startswith("//"):
         return HttpResponseRedirect(target)
     return HttpResponseRedirect(fallback)
+
+
+def _too_many_mails(request: HttpRequest, wait_seconds: int) -> HttpResponse:
+    response = render(
+        request,
+        "registration/too_many_mails.html",
+        {"minutes": max(1, round(wait_seconds / 60))},
+        status=429,
+    )
+    response["Retry-After"] = str(wait_seconds)
+    return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset view, with account mails capped per recipient and per client address."""
+
+    email_template_name = "registration/password_reset_email.txt"
+    subject_template_name = "registration/password_reset_subject.txt"
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        wait = take_account_mail_allowance(self.request, form.cleaned_data["email"])
+        if wait:
+            return _too_many_mails(self.request, wait)
+        return super().form_valid(form)
+
+
+@method_decorator(sensitive_post_parameters("password"), name="dispatch")
+class EmailChangeView(LoginRequiredMixin, FormView):
+    """Asks for the new address (and the password); mails a confirmation link there."""
+
+    template_name = "accounts/email_change_form.html"
+    form_class = EmailChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return super().get_form_kwargs() | {"user": self.request.user}
+
+    def form_valid(self, form: EmailChangeForm) -> HttpResponse:
+        wait = take_account_mail_allowance(self.request, form.cleaned_data["new_email"])
+        if wait:
+            return _too_many_mails(self.request, wait)
+        try:
+            change = services.request_email_change(
+                user=self.request.user,
+                new_email=form.cleaned_data["new_email"],
+                confirm_url=lambda token: self.request.build_absolute_uri(
+                    reverse("email-change-confirm", kwargs={"token": token})
+                ),
+            )
+        except services.EmailTaken as error:
+            form.add_error("new_email", str(error))
+            return self.form_invalid(form)
+        messages.success(
+            self.request,
+            f"We sent a confirmation link to {change.new_email}. Your address changes only when you open it.",
+        )
+        return redirect(reverse("settings") + "#account")
+
+
+class EmailChangeConfirmView(LoginRequiredMixin, View):
+    """GET shows what the link will change (mail scanners open links; a GET changes nothing); POST applies it."""
+
+    template_name = "accounts/email_change_confirm.html"
+
+    def get(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            change = services.read_email_change(user=request.user, token=token)
+        except services.EmailChangeInvalid as error:
+            return render(request, self.template_name, {"error": str(error)}, status=400)
+        return render(request, self.template_name, {"change": change, "token": token})
+
+    def post(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            change = services.confirm_email_change(user=request.user, token=token)
+        except (services.EmailChangeInvalid, services.EmailTaken) as error:
+            return render(request, self.template_name, {"error": str(error)}, status=400)
+        messages.success(request, f"Your email address is now {change.new_email}; sign in with it from now on.")
+        return redirect(reverse("settings") + "#account")

@@ -167,6 +167,12 @@ _local_cache = _LocalGrantCache()
 _remembered_grants = _LocalGrantCache()
 
 
+def forget_cached_grants() -> None:
+    """Drop this process's grant caches (tests; Redis-held grants expire or die with the access epoch)."""
+    global _local_cache, _remembered_grants
+    _local_cache, _remembered_grants = _LocalGrantCache(), _LocalGrantCache()
+
+
 async def _touch_if_due(key_id: int, due: bool) -> None:
     if due:
         run_in_background(run_db(touch_last_used, key_id=key_id))

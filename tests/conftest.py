@@ -194,68 +194,18 @@ def fake_upstream(settings) -> Iterator[FakeUpstream]:
         fake.stop()
 
 
-def _database_url() -> str:
-    database = settings.DATABASES["default"]
-    password = f":{database['PASSWORD']}" if database.get("PASSWORD") else ""
-    host = database.get("HOST") or "127.0.0.1"
-    return f"postgres://{database['USER']}{password}@{host}:{database.get('PORT') or 5432}/{database['NAME']}"
-
-
 @pytest.fixture
-def two_gateways(transactional_db: None) -> Iterator[list[LiveServer]]:
-    """Two uvicorn processes on free ports sharing this test's PostgreSQL database and Redis."""
-    import subprocess
-    import sys
+def two_gateways(transactional_db: None) -> Iterator[list]:
+    """Two uvicorn processes (tests.fault_support.running_gateway) on free ports, sharing this test's
+    PostgreSQL database and Redis, serving the demo provider."""
+    from tests.fault_support import gateway_env, running_gateway
 
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "DEMO_PROVIDER_ENABLED": "1",
-        "DEMO_STREAM_DELAY_SECONDS": "0",
-        "OPENROUTER_API_KEY": "",
-        "DEBUG": "1",
-        "LOG_LEVEL": "WARNING",
-        "CELERY_TASK_ALWAYS_EAGER": "1",
-    }
-    ports = [_free_port(), _free_port()]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "writingmate.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            cwd=settings.BASE_DIR,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        for port, process in zip(ports, processes, strict=True):
-            while True:
-                assert process.poll() is None, "a gateway process exited at startup"
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "a gateway process did not start"
-                    time.sleep(0.1)
-        yield [LiveServer(port) for port in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        _close_database_sessions()
+    env = gateway_env(
+        DEMO_PROVIDER_ENABLED="1",
+        DEMO_STREAM_DELAY_SECONDS="0",
+        OPENROUTER_API_KEY="",
+        LOG_LEVEL="WARNING",
+        CELERY_TASK_ALWAYS_EAGER="1",
+    )
+    with running_gateway(env) as first, running_gateway(env) as second:
+        yield [first, second]

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from django.db import OperationalError, connection
 
 from billing.models import UsageEvent
 from billing.rollups import audit_daily_message_counts, rollup_daily_message_counts
+from tests.support import wait_for_idle_server
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -63,28 +65,33 @@ def assert_openai_error(
 
 
 def settle_ledger(expected_events: int | None = None, timeout: float = 5.0) -> list[UsageEvent]:
-    """Wait for the ledger to stop changing (it is written after the response), then return its request lines."""
+    """The ledger's request lines once the in-process server has finished every request it took (the
+    ledger is written after the response); with `expected_events`, wait until exactly that many exist
+    (for gateway processes, whose requests this process cannot see)."""
+    wait_for_idle_server(timeout)
     deadline = time.monotonic() + timeout
-    previous = -1
     while True:
         try:
-            events = list(UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id"))
+            events: list[UsageEvent] | None = list(
+                UsageEvent.objects.filter(kind=UsageEvent.Kind.REQUEST).order_by("id")
+            )
         except OperationalError:
-            # SQLite's shared-cache test database refuses reads while the server's writer holds the table.
-            time.sleep(0.05)
-            continue
-        done = len(events) == expected_events if expected_events is not None else len(events) == previous
-        if done or time.monotonic() > deadline:
-            if expected_events is not None:
-                assert len(events) == expected_events, [(e.status, e.endpoint) for e in events]
-            return events
-        previous = len(events)
-        time.sleep(0.1)
+            events = None  # SQLite's shared-cache test database refuses reads while the server's writer holds it
+        if events is not None and (expected_events is None or len(events) >= expected_events):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    events = events or []
+    if expected_events is not None:
+        assert len(events) == expected_events, [(e.status, e.endpoint) for e in events]
+    return events
 
 
-def assert_nothing_recorded(fake_upstream, *, wait_seconds: float = 0.3) -> None:
-    """Rejected before the upstream: no call went out and no ledger line was written."""
-    time.sleep(wait_seconds)
+def assert_nothing_recorded(fake_upstream) -> None:
+    """Rejected before the upstream: no call went out and no ledger line was written (checked once the
+    server has finished with every request, so nothing can still be on its way)."""
+    wait_for_idle_server()
     assert fake_upstream.requests_to("/chat/completions") == []
     assert UsageEvent.objects.count() == 0
 
@@ -119,12 +126,18 @@ def free_port() -> int:
 class GatewayProcess:
     """A gateway started as its own uvicorn process (PostgreSQL only: it must share the test database)."""
 
-    def __init__(self, port: int, process: subprocess.Popen) -> None:
+    def __init__(self, port: int, process: subprocess.Popen, stderr_path: Path) -> None:
         self.port = port
         self.process = process
+        self.stderr_path = stderr_path
         self.url = f"http://127.0.0.1:{port}"
+        self.api_base = f"{self.url}/api/openai/v1"
+        self.v1_base = f"{self.url}/v1"
         # Checked when the process stops: no request may have died with an unhandled exception.
         self.expect_no_unhandled_errors = True
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
 
     def chat(self, key: str, **fields: object) -> requests.Response:
         return requests.post(f"{self.url}/v1/chat/completions", json=chat(**fields), headers=auth(key), timeout=30)
@@ -157,25 +170,31 @@ def gateway_env(*, database_url: str | None = None, redis_url: str | None = None
 def running_gateway(
     env: dict[str, str], *, uvicorn_args: tuple[str, ...] = ("--log-level", "warning")
 ) -> Iterator[GatewayProcess]:
-    """Start a gateway process, wait for /healthz, and stop it afterwards; fails if a request died unhandled."""
+    """Start a gateway process, wait for /healthz, and stop it afterwards; fails if a request died unhandled.
+
+    Its stderr goes to a file (a pipe nobody reads would stall a chatty process) and is shown when
+    the process fails to start or a request died unhandled.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "writingmate.asgi:application", "--port", str(port), *uvicorn_args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    gateway = GatewayProcess(port, process)
+    stderr_path = Path(tempfile.mkstemp(prefix="gateway-", suffix=".stderr")[1])
+    with stderr_path.open("wb") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "writingmate.asgi:application", "--port", str(port), *uvicorn_args],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+        )
+    gateway = GatewayProcess(port, process, stderr_path)
     deadline = time.monotonic() + 30
     while True:
         try:
             requests.get(f"{gateway.url}/healthz", timeout=1)
             break
         except requests.ConnectionError:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
+            assert process.poll() is None, gateway.stderr()
+            assert time.monotonic() < deadline, f"the gateway did not start:\n{gateway.stderr()}"
+            time.sleep(0.1)  # polling for the port to open (a condition), not waiting a fixed time
     try:
         yield gateway
     finally:
@@ -186,7 +205,8 @@ def running_gateway(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        stderr = process.stderr.read().decode()
+        stderr = gateway.stderr()
+        stderr_path.unlink(missing_ok=True)
         with connection.cursor() as cursor:
             # The process's connections would keep PostgreSQL from dropping the test database.
             cursor.execute(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -19,6 +22,36 @@ from billing.refusals import reset_refusal_buffer
 from gateway import catalogue
 from gateway.surfaces.anthropic import models as anthropic_models
 from writingmate.redis_connection import close_async_redis, sync_redis
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float = 5.0, message: str = "") -> T:
+    """Poll `condition` until it returns something truthy (and return that), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, message or f"still not true after {timeout}s: {condition}"
+        time.sleep(0.01)
+
+
+def move_key_clock_forward(monkeypatch, seconds: float) -> None:
+    """The clock key expiry is checked against runs `seconds` ahead: an expiry passes without waiting for it."""
+    real_time = time.time
+    clock = SimpleNamespace(time=lambda: real_time() + seconds, monotonic=time.monotonic)
+    monkeypatch.setattr(authentication, "time", clock)
+
+
+def wait_for_idle_server(timeout: float = 10.0) -> None:
+    """Every request the in-process server took is done, its finalizers (ledger, refusals) included.
+
+    After this, a request that was refused before the upstream can no longer record anything.
+    """
+    from writingmate.asgi import application
+
+    wait_until(lambda: application.api_handler.in_flight == 0, timeout=timeout, message="the server stayed busy")
 
 
 def run_async(coro):
@@ -35,8 +68,7 @@ def run_async(coro):
 
 def reset_process_state() -> None:
     """Forget every cache a previous test may have filled: local grants, catalogue, test Redis."""
-    authentication._local_cache = authentication._LocalGrantCache()
-    authentication._remembered_grants = authentication._LocalGrantCache()
+    authentication.forget_cached_grants()
     # The live server shares this process: its blocked addresses and sign-in counters would carry over.
     throttling.forget_blocked_addresses()
     reset_refusal_buffer()

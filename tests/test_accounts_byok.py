@@ -203,3 +203,27 @@ def test_one_users_key_is_not_anothers(someone: User, fake_upstream) -> None:
     assert "WXYZ" not in client.get(reverse("openrouter-key-remove")).content.decode()
     post_form(client, reverse("openrouter-key-remove"))
     assert OpenRouterKey.objects.filter(user=other).exists()
+
+
+def test_check_again_refreshes_the_figures_and_keeps_a_key_openrouter_now_rejects(someone: User, fake_upstream) -> None:
+    fake_upstream.key_info |= {"limit": 10, "limit_remaining": 10}
+    services.set_openrouter_key(user=someone, key=SECRET)
+    client = page_client(someone)
+    assert client.post(reverse("openrouter-key-recheck")).status_code == 403  # CSRF
+
+    fake_upstream.key_info |= {"limit_remaining": 3.5}
+    response = post_form(client, reverse("openrouter-key-recheck"), follow=True)
+    assert "OpenRouter still accepts your key" in response.content.decode()
+    assert "$3.50 left of $10.00" in response.content.decode()
+    assert fake_upstream.requests_to("/key")[-1].headers["authorization"] == f"Bearer {SECRET}"
+
+    fake_upstream.rejected_keys.add(SECRET)
+    response = post_form(client, reverse("openrouter-key-recheck"), follow=True)
+    assert "OpenRouter did not accept this key" in response.content.decode()
+    assert "Your saved key was kept" in response.content.decode()
+    assert OpenRouterKey.objects.get(user=someone).credit_remaining == Decimal("3.5")
+
+
+def test_check_again_without_a_key_does_nothing(someone: User, fake_upstream) -> None:
+    response = post_form(page_client(someone), reverse("openrouter-key-recheck"), follow=True)
+    assert response.status_code == 200 and fake_upstream.requests_to("/key") == []

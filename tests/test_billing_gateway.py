@@ -21,7 +21,7 @@ from billing.rollups import audit_daily_message_counts, rollup_daily_message_cou
 from billing.settlement import settle_pending_generations
 from gateway.providers.openrouter import fetch_generation_stats
 from tests.fake_upstream import FakeUpstream, running
-from tests.support import make_user
+from tests.support import make_user, wait_for_idle_server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -158,7 +158,7 @@ def test_an_abandoned_stream_is_estimated_then_settled_to_the_upstreams_figures(
     assert (event.status, event.tokens_estimated, event.counted_messages) == ("client_disconnected", True, 1)
     assert event.generation_id.startswith("gen-")
     fake_upstream.wait_until_finished()
-    time.sleep(0.3)  # SQLite's shared in-memory test database locks tables while the server thread reads
+    wait_for_idle_server()  # SQLite's shared test database locks tables while the server thread writes
     UsageEvent.objects.update(created_at=timezone.now() - dt.timedelta(minutes=1))
 
     assert settle_pending_generations(fetch_stats=fetch_generation_stats) == {"settled": 1}

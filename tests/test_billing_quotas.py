@@ -27,7 +27,7 @@ from billing.quotas import counters as quota_counters
 from billing.quotas import reserve as quota_reserve
 from billing.recording import finish_request
 from billing.rollups import rollup_daily_message_counts
-from tests.support import make_user
+from tests.support import make_user, wait_until
 from tests.support import run_async as run
 from writingmate.db import run_db
 from writingmate.redis_connection import sync_redis
@@ -365,10 +365,8 @@ def test_reservations_of_a_crashed_process_expire(settings) -> None:
     outcomes = run(reserve_many(access, owner.pk, 3))  # never finished: the process "died"
     assert sum(isinstance(o, Reservation) for o in outcomes) == 2
 
-    import time
-
-    time.sleep(1.1)
-    assert run(current_budget(workspace=access, user_id=owner.pk)).remaining == 2
+    # The holds expire by their score in Redis: wait for exactly that, not for a second and a bit.
+    wait_until(lambda: run(current_budget(workspace=access, user_id=owner.pk)).remaining == 2, timeout=10)
 
 
 @pytest.mark.redis
@@ -428,8 +426,13 @@ def test_a_settle_redis_never_saw_is_healed_by_the_periodic_merge(settings) -> N
 
     async def scenario():
         first = await current_budget(workspace=access, user_id=owner.pk)
-        await asyncio.sleep(0.3)  # the merge runs in the background
-        return first, await current_budget(workspace=access, user_id=owner.pk)
+        # The merge runs in the background: wait until the counter shows it (or give up after 5 s).
+        deadline = asyncio.get_running_loop().time() + 5
+        while (after := await current_budget(workspace=access, user_id=owner.pk)).remaining != 1:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return first, after
 
     before, after = run(scenario())
     assert (before.remaining, after.remaining) == (2, 1)

@@ -20,6 +20,7 @@ import requests
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
+from django.core import signing
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -97,9 +98,11 @@ def site_patterns() -> list[tuple[str, list[str]]]:
 
 
 def fill(name: str, argument_names: list[str], values: dict[str, Any]) -> str:
-    missing = [argument for argument in argument_names if argument not in values]
+    """The URL of `name` with its arguments from `values` ("name.argument" wins over "argument")."""
+    chosen = {argument: values.get(f"{name}.{argument}", values.get(argument)) for argument in argument_names}
+    missing = [argument for argument, value in chosen.items() if value is None]
     assert not missing, f"teach this test a value for {missing} (URL {name!r})"
-    return reverse(name, kwargs={argument: values[argument] for argument in argument_names})
+    return reverse(name, kwargs=chosen)
 
 
 def admin_pages(superuser: User) -> list[Page]:
@@ -171,6 +174,9 @@ def seed(live_server) -> tuple[User, dict[str, Any]]:
         "key_id": issued.key.pk,
         "uidb64": urlsafe_base64_encode(force_bytes(owner.pk)),
         "token": default_token_generator.make_token(owner),
+        "email-change-confirm.token": signing.dumps(
+            {"u": owner.pk, "o": owner.email, "n": "new-owner@example.com"}, salt=account_services.EMAIL_CHANGE_SALT
+        ),
     }
     return owner, values
 
@@ -235,12 +241,27 @@ def test_every_page_has_no_axe_violation_and_fits_a_phone(live_server, fake_upst
     assert any(name == "settings" for name, _ in patterns)
 
     anonymous = pages_answering(Client(), patterns, values, "anonymous")
-    assert {"login (anonymous)", "signup (anonymous)"} <= {page.label for page in anonymous}
+    assert {"login (anonymous)", "signup (anonymous)", "password_reset (anonymous)"} <= {p.label for p in anonymous}
     signed_in_client = Client()
     signed_in_client.force_login(owner)
     signed_in = pages_answering(signed_in_client, patterns, values, "signed in")
-    assert {"settings", "apikey-list", "usage", "workspace-detail"} <= {page.label for page in signed_in}
+    assert {
+        "settings",
+        "apikey-list",
+        "usage",
+        "workspace-detail",
+        "workspace-leave",
+        "email-change",
+        "email-change-confirm",
+        "openrouter-key-remove",
+    } <= {page.label for page in signed_in}
     anonymous.append(Page("signup with errors", reverse("signup"), then=submit_form("Sign up")))
+    # A reset token is void once its user signs in again (force_login above): make a fresh one.
+    values["token"] = default_token_generator.make_token(User.objects.get(pk=owner.pk))
+    # The reset link redirects to its form (the token moves into the session); the browser follows it.
+    reset_link = fill("password_reset_confirm", ["uidb64", "token"], values)
+    anonymous.append(Page("password reset link", reset_link))
+    anonymous.append(Page("password reset with errors", reset_link, then=submit_form("Set the new password")))
     signed_in.append(Page("key reveal", reverse("apikey-list"), then=submit_form("Create key", {"name": "Axe"})))
     signed_in.append(Page("settings with errors", reverse("settings"), then=submit_form("Create workspace")))
 

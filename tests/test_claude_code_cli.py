@@ -20,7 +20,7 @@ import pytest
 from tests.npm_clients import install_npm_client
 from tests.support import make_user, wait_for_usage_events
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]  # the first run installs the CLI
 
 CLAUDE_CODE = {"@anthropic-ai/claude-code": "2.1.328", "node": "22.23.3"}  # it needs Node >= 22
 OFFLINE = {

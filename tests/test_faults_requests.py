@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 import requests
@@ -23,7 +22,7 @@ from tests.fault_support import (
     chat,
     settle_ledger,
 )
-from tests.support import make_user
+from tests.support import make_user, wait_for_idle_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -219,7 +218,7 @@ def test_hostile_uploads_to_audio_transcriptions(live_server, caller, fake_upstr
     assert_openai_error(no_boundary, status=400, code="invalid_multipart")
     assert_openai_error(not_audio, status=400, code="invalid_file_format", param="file")
     assert_openai_error(too_big, status=413, code="request_too_large")
-    time.sleep(0.3)
+    wait_for_idle_server()
     assert fake_upstream.requests_to("/audio/transcriptions") == []
     assert UsageEvent.objects.count() == 0
 

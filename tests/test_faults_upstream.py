@@ -25,7 +25,8 @@ from tests.fault_support import (
     settle_ledger,
     sse_events,
 )
-from tests.support import make_user
+from tests.support import make_user, wait_for_idle_server, wait_until
+from writingmate.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,9 +167,9 @@ def raw_request(port: int, key: str, body: bytes, *, declared_length: int | None
 def test_a_client_that_leaves_while_uploading_costs_nothing(live_server, url, caller, fake_upstream):
     body = json.dumps(chat()).encode()
     sock = raw_request(live_server.port, caller.key, body[:20], declared_length=len(body))
-    time.sleep(0.2)
+    wait_until(lambda: application.api_handler.in_flight == 1, message="the server never took the request")
     sock.close()
-    time.sleep(0.5)
+    wait_for_idle_server()
 
     assert fake_upstream.requests_to("/chat/completions") == []
     assert UsageEvent.objects.count() == 0

@@ -163,6 +163,17 @@ def test_every_event_of_a_stored_stream_is_valid_and_the_final_response_is_what_
 
 
 @live
+def test_a_stream_that_fails_upstream_is_stored_as_failed(client, fake_upstream):
+    fake_upstream.fail_next("error_mid_stream")
+
+    events = list(client.responses.create(model=MODEL, input="Say hello", stream=True))
+
+    assert events[-1].type == "response.failed"
+    stored = client.responses.retrieve(events[-1].response.id)
+    assert stored.status == "failed" and stored.error.code == "server_error"
+
+
+@live
 def test_input_items_are_listed_in_openais_shape_with_pagination(client, live_server, fake_upstream, caller):
     conversation = [
         {"role": "developer", "content": "Use tools."},

@@ -117,6 +117,21 @@ LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default
 LOGIN_THROTTLE_FAILURES_PER_ACCOUNT = env.int("LOGIN_THROTTLE_FAILURES_PER_ACCOUNT", default=5)
 LOGIN_THROTTLE_FAILURES_PER_ADDRESS = env.int("LOGIN_THROTTLE_FAILURES_PER_ADDRESS", default=30)
 LOGIN_THROTTLE_PATHS = env.list("LOGIN_THROTTLE_PATHS", default=["/login/", "/admin/login/"])
+# Email: password resets and email-change confirmations. EMAIL_URL as django-environ reads it:
+# consolemail:// (the default: mails are printed to stdout), smtp+tls://USER:PASSWORD@HOST:587 or
+# smtps://USER:PASSWORD@HOST:465 (URL-encode special characters in the password).
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_SECONDS", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Writingmate <no-reply@localhost>")
+# How long a password-reset or email-change link works.
+PASSWORD_RESET_TIMEOUT = env.int("ACCOUNT_LINK_MAX_AGE_SECONDS", default=2 * 24 * 3600)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
