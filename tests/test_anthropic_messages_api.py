@@ -101,7 +101,8 @@ def test_the_body_reaches_the_upstream_byte_for_byte_except_the_model(base_url, 
     # Odd spacing, key order, escapes and number forms that a re-serialisation would change.
     raw = (
         '{"max_tokens":  64 ,"model":"claude-sonnet-4-5-20250929","messages":[{"role":"user","content":'
-        '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"}}'
+        '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"},'
+        '"api_base":"http://evil","headers":{"x":"y"}}'
     )
     response = requests.post(
         f"{base_url}/v1/messages",
@@ -438,7 +439,7 @@ def test_upstream_failures_keep_anthropics_shape(client, fake_upstream):
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert raised.value.response.headers["retry-after"] == "1"
 
-    fake_upstream.fail_next("500", times=2, endpoint="/messages")
+    fake_upstream.fail_next("500", endpoint="/messages")  # never sent twice: the upstream may have run it
     with pytest.raises(anthropic.InternalServerError) as failed:
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert failed.value.body["error"]["type"] == "api_error"
