@@ -12,25 +12,18 @@ NEVER = "never"
 EXPIRY_CHOICES = [(NEVER, "Never"), ("30", "In 30 days"), ("90", "In 90 days")]
 
 
-class ApiKeyNameField(forms.CharField):
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(
-            max_length=100,
-            label="Key name",
-            help_text="Something that tells you where the key is used, e.g. “OpenCode on my laptop”.",
-            widget=forms.TextInput(attrs={"autocomplete": "off"}),
-            **kwargs,
-        )
-
-    def clean(self, value: object) -> str:
-        name = super().clean(value).strip()
-        if not name:
-            raise forms.ValidationError("Give the key a name.", code="required")
-        return name
+def key_name_field() -> forms.CharField:
+    # CharField strips, so a name of only spaces is "required" too.
+    return forms.CharField(
+        max_length=100,
+        label="Key name",
+        help_text="Something that tells you where the key is used, e.g. “OpenCode on my laptop”.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
 
 
 class ApiKeyCreateForm(forms.Form):
-    name = ApiKeyNameField()
+    name = key_name_field()
     expires_in = forms.ChoiceField(
         choices=EXPIRY_CHOICES,
         initial=NEVER,
@@ -46,7 +39,7 @@ class ApiKeyCreateForm(forms.Form):
 
 
 class ApiKeyRenameForm(forms.Form):
-    name = ApiKeyNameField()
+    name = key_name_field()
 
 
 _MODEL_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/~+-]{0,199}$")

@@ -60,6 +60,7 @@ def client_pages(client) -> list[str]:
         reverse("workspace-member-remove", args=[workspace.pk, target.pk]),
         reverse("workspace-leave", args=[workspace.pk]),
         reverse("openrouter-key-remove"),
+        reverse("email-change"),
         reverse("usage"),
     ]
 
@@ -71,7 +72,8 @@ def audit(body: str) -> PageAudit:
 
 
 def test_every_page_is_labelled_protected_and_local(client, db, fake_upstream) -> None:
-    responses = {url: client.get(url) for url in (reverse("login"), reverse("signup"))}
+    anonymous = (reverse("login"), reverse("signup"), reverse("password_reset"), reverse("password_reset_done"))
+    responses = {url: client.get(url) for url in anonymous}
     responses |= {url: client.get(url) for url in client_pages(client)}
     responses["key reveal"] = client.post(reverse("apikey-create"), {"name": "audit"})
 

@@ -82,6 +82,16 @@
     });
   }
 
+  // A stacked cell is a two-column grid, the label (::before) and one box with everything the cell held,
+  // so that text and elements in a cell stay together in the second column.
+  function wrapCell(cell) {
+    if (cell.classList.contains("actions") || cell.querySelector(":scope > .cell-value")) return;
+    var box = document.createElement("div");
+    box.className = "cell-value";
+    while (cell.firstChild) box.appendChild(cell.firstChild);
+    cell.appendChild(box);
+  }
+
   // On a phone, change lists and tabular inlines become one box per row (admin.css), each cell
   // labelled with its column; ARIA roles keep the table semantics the CSS display change drops.
   function stackTables() {
@@ -95,7 +105,10 @@
         Array.prototype.forEach.call(row.children, function (cell) {
           cell.setAttribute("role", cell.tagName === "TH" ? "rowheader" : "cell");
           var header = columnHeader(cell);
-          if (header && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", header);
+          if (header && !cell.hasAttribute("data-label")) {
+            cell.setAttribute("data-label", header);
+            wrapCell(cell);
+          }
         });
       });
       table.classList.add("table--stacked");

@@ -37,6 +37,16 @@
   // On a phone each table row becomes a box (see .table--stacked in site.css): every cell is labelled
   // with its column's header, and the ARIA roles keep it a table for screen readers, which drop table
   // semantics from elements whose CSS display changes.
+  // A stacked cell is a two-column grid, the label (::before) and one box with everything the cell held,
+  // so that text and elements in a cell stay together in the second column.
+  function wrapCell(cell) {
+    if (cell.classList.contains("actions") || cell.querySelector(":scope > .cell-value")) return;
+    var box = document.createElement("div");
+    box.className = "cell-value";
+    while (cell.firstChild) box.appendChild(cell.firstChild);
+    cell.appendChild(box);
+  }
+
   function stackTable(table) {
     var headers = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
       return th.textContent.replace(/\s+/g, " ").trim();
@@ -53,6 +63,7 @@
         var span = parseInt(cell.getAttribute("colspan") || "1", 10);
         if (span === 1 && headers[column] && !cell.hasAttribute("data-label")) {
           cell.setAttribute("data-label", headers[column]);
+          wrapCell(cell);
         }
         column += span;
       });
