@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -53,7 +53,7 @@ class Completion:
 
 @dataclass(frozen=True)
 class CompletionStream:
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     headers: dict[str, str]
 
 
@@ -402,7 +402,7 @@ async def _proxy_admitted(
     if stream:
         upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     outcome = CallOutcome()
-    relay: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
     complete: UsageRecord | None = None  # a whole (non-streaming) response's record, built once
 
     def record() -> UsageRecord:

@@ -7,7 +7,7 @@ chunks. Streams are relayed byte for byte by gateway.core.streaming; providers n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,7 +48,7 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes = b""
-    chunks: AsyncIterator[bytes] | None = None
+    chunks: AsyncGenerator[bytes, None] | None = None
     release: Callable[[bool], Awaitable[None]] | None = None  # called with `finished`
 
     async def close(self, *, finished: bool = False) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ def _complete_part(buffer: bytes) -> int:
     return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
 
 
-async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncIterator[bytes]:
+async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
     """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off.
 
     Only chunks that can hold a message_* or error event are split into events and read: the deltas
@@ -302,7 +302,7 @@ class ChatStreamTranslator:
 
 async def translate_chat_events(
     upstream: UpstreamResponse, *, message_id: str, model: str, outcome: MessagesOutcome
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     translator = ChatStreamTranslator(message_id=message_id, model=model, outcome=outcome)
     events = _Events()
     finished = False

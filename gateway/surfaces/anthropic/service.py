@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from accounts.access import confirm_access_epoch
 from apikeys.authentication import ApiCaller
@@ -159,7 +159,7 @@ async def _create_admitted(
     stream = body.get("stream") is True
     claude = is_claude(entry)
     outcome = MessagesOutcome()
-    relay: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
     complete: UsageRecord | None = None
 
     def record() -> UsageRecord:
