@@ -91,8 +91,8 @@ def upstream_error(response: UpstreamResponse, *, byok: bool) -> ApiError:
         error = json.loads(response.body).get("error")
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            param = error.get("param") if isinstance(error.get("param"), str) else None
-            code = error.get("code") if isinstance(error.get("code"), str) else None
+            param = found if isinstance(found := error.get("param"), str) else None
+            code = found if isinstance(found := error.get("code"), str) else None
         elif isinstance(error, str):
             message = error
     except (ValueError, AttributeError):

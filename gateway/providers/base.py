@@ -36,7 +36,7 @@ class UpstreamCall:
     api_key: str
     request_id: str
     json_body: dict | None = None
-    form_fields: Mapping[str, str] = field(default_factory=dict)
+    form_fields: Mapping[str, str | list[str]] = field(default_factory=dict)  # repeated fields as lists
     file_field: tuple[str, bytes | object, str] | None = None  # (filename, content or file, content type)
     stream: bool = False
     raw_body: bytes | None = None  # sent as it is instead of `json_body` (the Anthropic surface's passthrough)

@@ -60,7 +60,7 @@ class _Events:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self.buffer += chunk
-        events = []
+        events: list[bytes] = []
         while True:
             lf, crlf = self.buffer.find(b"\n\n"), self.buffer.find(b"\r\n\r\n")
             if crlf != -1 and (lf == -1 or crlf < lf):
@@ -206,7 +206,7 @@ class ChatStreamTranslator:
         self.saw_tool_call = False
 
     def start(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",

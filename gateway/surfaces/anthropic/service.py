@@ -169,7 +169,7 @@ async def _create_admitted(
 
     async def finish() -> None:
         if relay is not None:
-            await relay.aclose()  # type: ignore[attr-defined]  # a stream the client left stops here
+            await relay.aclose()  # a stream the client left stops here
         counted = await finish_request(reservation=reservation, usage=complete or record())
         services.observe_outcome(endpoint=ENDPOINT, model=entry.slug, outcome=outcome, counted=counted, byok=route.byok)
 
