@@ -1,7 +1,7 @@
 """Headless Debian Chromium for the browser tests, and axe-core (pinned, from npm) to audit its pages.
 
 Chromium and its driver come from Debian (installed here with apt-get when missing and we are root);
-axe-core is installed by `npm` into the git-ignored `.clients/` folder on first use and injected into
+axe-core is installed by `npm` (tests/npm_clients.py) into the git-ignored `.clients/` folder on first use and injected into
 each page through Selenium, so nothing is fetched by the browser. Without npm the accessibility
 tests skip with a reason, except in CI (`CI` or `REQUIRE_SERVICES=1` set), where that is a failure.
 """
@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
+
+from tests.npm_clients import install_npm_client
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 AXE_CORE_VERSION = "4.14.1"
-AXE_CORE_DIR = Path(settings.BASE_DIR) / ".clients" / f"axe-core-{AXE_CORE_VERSION}"
-AXE_CORE_SCRIPT = AXE_CORE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-NPM_INSTALL_TIMEOUT_SECONDS = 300
 
 
 def required_here() -> bool:
@@ -104,32 +102,8 @@ def set_viewport(driver: Any, *, width: int, height: int = 900) -> None:
 
 def axe_core_source() -> str:
     """axe.min.js at the pinned version, installed with npm into .clients/ on first use."""
-    if not AXE_CORE_SCRIPT.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            skip_or_fail(f"npm is not installed, so axe-core {AXE_CORE_VERSION} cannot be installed")
-        AXE_CORE_DIR.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(
-                [
-                    npm,
-                    "install",
-                    "--prefix",
-                    str(AXE_CORE_DIR),
-                    "--no-save",
-                    "--no-audit",
-                    "--no-fund",
-                    "--ignore-scripts",
-                    f"axe-core@{AXE_CORE_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=NPM_INSTALL_TIMEOUT_SECONDS,
-            )
-        except (subprocess.SubprocessError, OSError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            skip_or_fail(f"`npm install axe-core@{AXE_CORE_VERSION}` failed: {exc} {detail.decode()[-500:]}")
-    return AXE_CORE_SCRIPT.read_text()
+    folder = install_npm_client("axe-core", {"axe-core": AXE_CORE_VERSION}, provides="axe-core/axe.min.js")
+    return (folder / "node_modules" / "axe-core" / "axe.min.js").read_text()
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,19 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def install_npm_client(name: str, packages: dict[str, str], *, binary: str) -> Path:
+def install_npm_client(
+    name: str, packages: dict[str, str], *, binary: str | None = None, provides: str | None = None
+) -> Path:
     """The folder of `name` with `packages` ({package: exact version}) installed; installs it if needed.
 
-    `binary` (e.g. "claude") must then exist in node_modules/.bin.
+    `binary` (e.g. "claude") must then exist in node_modules/.bin; for a package without one (a
+    library such as axe-core), `provides` names the file it must have put under node_modules/.
     """
     folder = CLIENTS_DIR / name
     stamp = folder / "installed.json"
     wanted = json.dumps(packages, sort_keys=True)
-    if stamp.exists() and stamp.read_text() == wanted and (folder / "node_modules" / ".bin" / binary).exists():
+    expected = folder / "node_modules" / (f".bin/{binary}" if binary else str(provides))
+    if stamp.exists() and stamp.read_text() == wanted and expected.exists():
         return folder
     npm = shutil.which("npm")
     if npm is None:
@@ -52,7 +56,7 @@ def install_npm_client(name: str, packages: dict[str, str], *, binary: str) -> P
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         output = getattr(exc, "stderr", b"") or b""
         _unavailable(f"npm could not install {' '.join(specs)}: {output.decode(errors='replace')[-2000:]}")
-    if not (folder / "node_modules" / ".bin" / binary).exists():
-        _unavailable(f"npm installed {' '.join(specs)} but node_modules/.bin/{binary} is missing")
+    if not expected.exists():
+        _unavailable(f"npm installed {' '.join(specs)} but {expected.relative_to(folder)} is missing")
     stamp.write_text(wanted)
     return folder

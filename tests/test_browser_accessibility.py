@@ -264,6 +264,12 @@ def test_every_page_has_no_axe_violation_and_fits_a_phone(live_server, fake_upst
     anonymous.append(Page("password reset with errors", reset_link, then=submit_form("Set the new password")))
     signed_in.append(Page("key reveal", reverse("apikey-list"), then=submit_form("Create key", {"name": "Axe"})))
     signed_in.append(Page("settings with errors", reverse("settings"), then=submit_form("Create workspace")))
+    signed_in.append(
+        Page("BYOK refused", reverse("settings"), then=submit_form("Check and replace key", {"key": "not-a-key"}))
+    )
+    signed_in.append(
+        Page("email change with errors", reverse("email-change"), then=submit_form("Send the confirmation link"))
+    )
 
     with chromium() as driver:
         problems = audit_pages(driver, axe, live_server.url, anonymous)

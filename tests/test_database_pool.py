@@ -113,3 +113,24 @@ def test_site_pages_and_v1_together_stay_within_the_pool(fake_upstream):
 
     assert sampler.samples > 10
     assert 1 <= sampler.peak <= POOL, f"the gateway held {sampler.peak} connections with a pool of {POOL}"
+
+
+def test_a_restart_that_breaks_every_idle_pooled_connection_costs_the_next_request_no_wait():
+    """psycopg_pool alone meets broken connections one at a time, pausing 1, 2, 4 s between them."""
+    pool = connection.pool
+    taken = [pool.getconn() for _ in range(5)]
+    for pooled in taken:
+        pool.putconn(pooled)  # five idle connections, as after a busy minute
+    with connection.cursor() as cursor:  # as a restart would: every other session of this database ends
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    started = time.monotonic()
+    fresh = pool.getconn()
+    try:
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.putconn(fresh)
+    assert time.monotonic() - started < 1.5

@@ -22,7 +22,13 @@ from gateway import metrics
 from gateway.core.streaming import CallOutcome
 from gateway.providers.base import ProviderError, UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
-from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_text
+from gateway.surfaces.anthropic.translate import (
+    STOP_REASONS,
+    anthropic_usage,
+    reasoning_signature,
+    reasoning_text,
+)
+from gateway.surfaces.openai.responses.output import merge_reasoning_details
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(message_start|message_delta|message_stop|error)"')
 
@@ -204,6 +210,8 @@ class ChatStreamTranslator:
         self.stop_reason: str | None = None
         self.usage: dict | None = None
         self.saw_tool_call = False
+        self.details: list[dict] = []  # the upstream's reasoning_details, sealed into a signature at the end
+        self.details_sent = False
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -221,11 +229,30 @@ class ChatStreamTranslator:
     def _close(self) -> bytes:
         if self.open is None:
             return b""
+        out = b""
+        if self.open == "thinking" and self.details:
+            out = self._delta("signature_delta", "signature", reasoning_signature(self.details))
+            self.details_sent = True
         self.open = None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return out + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _redacted(self) -> bytes:
+        """reasoning_details that came without reasoning text: a redacted_thinking block carries them."""
+        if not self.details or self.details_sent or self.open == "thinking":
+            return b""
+        out = self._close()
+        self.index += 1
+        self.details_sent = True
+        block = {"type": "redacted_thinking", "data": reasoning_signature(self.details)}
+        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        return (
+            out
+            + sse("content_block_start", start)
+            + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        )
 
     def _open(self, kind: str, block: dict) -> bytes:
-        out = self._close()
+        out = self._close() if kind == "thinking" else self._redacted() + self._close()
         self.index += 1
         self.open = kind
         return out + sse(
@@ -256,6 +283,8 @@ class ChatStreamTranslator:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_details"):
+                merge_reasoning_details(self.details, delta["reasoning_details"])
             if thinking := reasoning_text(delta):
                 if self.open != "thinking":
                     out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
@@ -297,7 +326,8 @@ class ChatStreamTranslator:
         usage = anthropic_usage(self.usage)
         self.outcome.note_usage(usage, final=self.usage is not None)
         delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
-        return self._close() + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
+        closing = self._close() + self._redacted() + self._close()
+        return closing + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
 
 
 async def translate_chat_events(

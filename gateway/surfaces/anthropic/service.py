@@ -20,6 +20,7 @@ from gateway.core import calls as services
 from gateway.core import validation
 from gateway.core.calls import Completion, CompletionStream, GatewayCall
 from gateway.core.routing import Route, route_chat
+from gateway.core.upstream_fields import UPSTREAM_CONTROL_FIELDS
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
@@ -36,9 +37,10 @@ from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
 
 ENDPOINT = "messages"  # as the ledger records it
 DEFAULT_VERSION = "2023-06-01"
-# Members a client may send that the upstream must not see: they would name another upstream or key.
-# (The OpenRouter routing fields are refused instead, as on /v1: validation.check_routing.)
-LEAVE_OUT = frozenset({"api_base", "base_url", "api_key", "extra_body", "extra_headers", "extra_query"})
+# Members that would name another upstream, key or proxy: never sent (the one list every surface uses;
+# send_upstream strips them from JSON bodies, and a passthrough body leaves them out here).
+# (The OpenRouter routing fields are refused instead, as on /v1: _check_routing.)
+LEAVE_OUT = UPSTREAM_CONTROL_FIELDS
 _ROUTING = (*validation.ROUTING_PARAMS, "fallbacks")
 
 

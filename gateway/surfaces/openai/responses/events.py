@@ -10,6 +10,7 @@ from typing import Any
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.output import (
     call_item,
+    merge_reasoning_details,
     new_item_id,
     outcome_of,
     reasoning_item,
@@ -49,6 +50,8 @@ class _OpenReasoning:
     item_id: str
     output_index: int
     text: str = ""
+    part_open: bool = False  # the summary part is announced with the first text
+    details: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -127,35 +130,32 @@ class ResponseEventStream:
 
     # -- reasoning items: the upstream's reasoning text as one summary part --
 
+    def _open_reasoning(self) -> tuple[_OpenReasoning, list[dict]]:
+        if self._reasoning is not None:
+            return self._reasoning, []
+        events = self._close_message("completed")
+        reasoning = _OpenReasoning(item_id=new_item_id("rs"), output_index=len(self._output))
+        self._reasoning = reasoning
+        item = reasoning_item(item_id=reasoning.item_id, text="", status="in_progress")
+        self._output.append(item)
+        events.append(self._item_event("response.output_item.added", reasoning.output_index, item))
+        return reasoning, events
+
     def _reasoning_delta(self, delta: str) -> list[dict]:
-        events: list[dict] = []
-        reasoning = self._reasoning
-        if reasoning is None:
-            events.extend(self._close_message("completed"))
-            reasoning = _OpenReasoning(item_id=new_item_id("rs"), output_index=len(self._output))
-            self._reasoning = reasoning
-            item = reasoning_item(item_id=reasoning.item_id, text="", status="in_progress")
-            self._output.append(item)
-            events.append(self._item_event("response.output_item.added", reasoning.output_index, item))
+        reasoning, events = self._open_reasoning()
+        where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "summary_index": 0}
+        if not reasoning.part_open:
+            reasoning.part_open = True
             events.append(
-                self._event(
-                    "response.reasoning_summary_part.added",
-                    item_id=reasoning.item_id,
-                    output_index=reasoning.output_index,
-                    summary_index=0,
-                    part={"type": "summary_text", "text": ""},
-                )
+                self._event("response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""})
             )
         reasoning.text += delta
-        events.append(
-            self._event(
-                "response.reasoning_summary_text.delta",
-                item_id=reasoning.item_id,
-                output_index=reasoning.output_index,
-                summary_index=0,
-                delta=delta,
-            )
-        )
+        events.append(self._event("response.reasoning_summary_text.delta", **where, delta=delta))
+        return events
+
+    def _reasoning_details(self, entries: list) -> list[dict]:
+        reasoning, events = self._open_reasoning()
+        merge_reasoning_details(reasoning.details, entries)
         return events
 
     def _close_reasoning(self, status: str) -> list[dict]:
@@ -163,15 +163,20 @@ class ResponseEventStream:
         if reasoning is None:
             return []
         where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "summary_index": 0}
-        item = reasoning_item(item_id=reasoning.item_id, text=reasoning.text, status=status)
+        item = reasoning_item(item_id=reasoning.item_id, text=reasoning.text, status=status, details=reasoning.details)
         self._output[reasoning.output_index] = item
-        return [
-            self._event("response.reasoning_summary_text.done", **where, text=reasoning.text),
-            self._event(
-                "response.reasoning_summary_part.done", **where, part={"type": "summary_text", "text": reasoning.text}
-            ),
-            self._item_event("response.output_item.done", reasoning.output_index, item),
-        ]
+        events = []
+        if reasoning.part_open:
+            events.append(self._event("response.reasoning_summary_text.done", **where, text=reasoning.text))
+            events.append(
+                self._event(
+                    "response.reasoning_summary_part.done",
+                    **where,
+                    part={"type": "summary_text", "text": reasoning.text},
+                )
+            )
+        events.append(self._item_event("response.output_item.done", reasoning.output_index, item))
+        return events
 
     # -- message items --
 
@@ -318,6 +323,8 @@ class ResponseEventStream:
                 if isinstance(delta.get("content"), str):
                     self._summary += delta["content"]
                 continue
+            if isinstance(delta.get("reasoning_details"), list) and delta["reasoning_details"]:
+                events.extend(self._reasoning_details(delta["reasoning_details"]))
             reasoning = reasoning_text(delta)
             if reasoning:
                 events.extend(self._reasoning_delta(reasoning))
@@ -382,7 +389,10 @@ class ResponseEventStream:
         self.ended = True
         if self._reasoning is not None:
             self._output[self._reasoning.output_index] = reasoning_item(
-                item_id=self._reasoning.item_id, text=self._reasoning.text, status="incomplete"
+                item_id=self._reasoning.item_id,
+                text=self._reasoning.text,
+                status="incomplete",
+                details=self._reasoning.details,
             )
         if self._message is not None:
             item = self._output[self._message.output_index]

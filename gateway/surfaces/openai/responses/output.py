@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.surfaces.openai.responses import compaction
+from gateway.surfaces.openai.responses import compaction, sealing
 from gateway.surfaces.openai.responses.tools import ToolMap, custom_input
 
 
@@ -81,14 +81,38 @@ def call_item(
     return item
 
 
-def reasoning_item(*, item_id: str, text: str, status: str) -> dict:
-    """The upstream's visible reasoning as a reasoning item with one summary part (what Codex shows)."""
-    return {
+def reasoning_item(*, item_id: str, text: str, status: str, details: list | None = None) -> dict:
+    """The upstream's visible reasoning as a reasoning item with one summary part (what Codex shows).
+
+    OpenRouter's `reasoning_details` (the provider's reasoning blocks, signatures and encrypted
+    reasoning included) travel sealed in `encrypted_content`, so a replayed item gives them back to
+    the upstream on the next turn (a provider that checks its own reasoning blocks gets them intact).
+    """
+    item = {
         "id": item_id,
         "type": "reasoning",
         "status": status,
         "summary": [{"type": "summary_text", "text": text}] if text else [],
     }
+    if details:
+        item["encrypted_content"] = sealing.seal("reasoning", details)
+    return item
+
+
+def merge_reasoning_details(into: list[dict], entries: object) -> None:
+    """Streamed `reasoning_details` pieces joined into whole entries (same type and index: text appended)."""
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        last = into[-1] if into else None
+        if last is None or (last.get("type"), last.get("index")) != (entry.get("type"), entry.get("index")):
+            into.append(dict(entry))
+            continue
+        for key, value in entry.items():
+            if key in ("text", "summary", "data") and isinstance(value, str):
+                last[key] = (last.get(key) or "") + value
+            elif value is not None:
+                last[key] = value
 
 
 def reasoning_text(message: dict) -> str:
@@ -184,8 +208,10 @@ def response_from_chat(
             completed_at=completed_at if status == "completed" else None,
         )
     reasoning = reasoning_text(message)
-    if reasoning:
-        output.append(reasoning_item(item_id=new_item_id("rs"), text=reasoning, status=item_status))
+    details: list[dict] = []
+    merge_reasoning_details(details, message.get("reasoning_details"))
+    if reasoning or details:
+        output.append(reasoning_item(item_id=new_item_id("rs"), text=reasoning, status=item_status, details=details))
     text, refusal = message.get("content"), message.get("refusal")
     tool_calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     content: list[dict] = []
