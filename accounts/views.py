@@ -1,4 +1,5 @@
-"""Site pages for accounts: sign-up, the settings page, workspaces, members and the BYOK key.
+"""Site pages for accounts: sign-up, password reset, email change, the settings page, workspaces, members
+and the BYOK key.
 
 One view per action; each validates a form, calls one service and redirects (POST/redirect/GET).
 """

@@ -19,16 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.core.streaming import CallOutcome
 from gateway.providers.base import ProviderError, UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
-from gateway.surfaces.anthropic.translate import (
-    STOP_REASONS,
-    anthropic_usage,
-    reasoning_signature,
-    reasoning_text,
-)
-from gateway.surfaces.openai.responses.output import merge_reasoning_details
+from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_signature
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(message_start|message_delta|message_stop|error)"')
 

@@ -14,9 +14,9 @@ import json
 import secrets
 from typing import Any
 
+from gateway.core import sealing
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.errors import ApiError, invalid_request
-from gateway.surfaces.openai.responses import sealing
-from gateway.surfaces.openai.responses.output import merge_reasoning_details
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -244,15 +244,6 @@ def chat_request(body: dict, *, upstream_model: str, stream: bool) -> dict:
 
 
 # ---- response ----------------------------------------------------------------------------------
-
-
-def reasoning_text(message: dict) -> str:
-    """The model's visible reasoning: OpenRouter calls it `reasoning`, some upstreams `reasoning_content`."""
-    for key in ("reasoning", "reasoning_content"):
-        value = message.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def reasoning_signature(details: list[dict]) -> str:

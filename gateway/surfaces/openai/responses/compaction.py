@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.surfaces.openai.responses import sealing
+from gateway.core import sealing
 
 SEAL_PREFIX = sealing.PREFIXES["compaction"]
 TRIGGER_ITEM = "compaction_trigger"

@@ -7,14 +7,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.output import (
     call_item,
-    merge_reasoning_details,
     new_item_id,
     outcome_of,
     reasoning_item,
-    reasoning_text,
     refusal_part,
     response_object,
     response_usage,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from gateway.core import sealing
 from gateway.errors import ApiError, invalid_request
-from gateway.surfaces.openai.responses import compaction, sealing
+from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.fields import FORWARDED
 from gateway.surfaces.openai.responses.tools import (
     CUSTOM_INPUT,

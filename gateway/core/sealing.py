@@ -1,4 +1,4 @@
-"""Opaque, tamper-proof blobs for items clients replay to us: compaction summaries and reasoning details.
+"""Opaque, tamper-proof blobs for what clients replay to us: compaction summaries, reasoning details (both surfaces).
 
 Fernet (encrypted and authenticated) under a key derived from FIELD_ENCRYPTION_KEY and the blob's kind,
 so any process of this deployment opens what another sealed, a client can neither read nor forge it,
