@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ class _Events:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self.buffer += chunk
-        events = []
+        events: list[bytes] = []
         while True:
             lf, crlf = self.buffer.find(b"\n\n"), self.buffer.find(b"\r\n\r\n")
             if crlf != -1 and (lf == -1 or crlf < lf):
@@ -96,7 +96,7 @@ def _complete_part(buffer: bytes) -> int:
     return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
 
 
-async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncIterator[bytes]:
+async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
     """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off.
 
     Only chunks that can hold a message_* or error event are split into events and read: the deltas
@@ -209,7 +209,7 @@ class ChatStreamTranslator:
         self.details_sent = False
 
     def start(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",
@@ -327,7 +327,7 @@ class ChatStreamTranslator:
 
 async def translate_chat_events(
     upstream: UpstreamResponse, *, message_id: str, model: str, outcome: MessagesOutcome
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     translator = ChatStreamTranslator(message_id=message_id, model=model, outcome=outcome)
     events = _Events()
     finished = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from accounts.access import confirm_access_epoch
 from apikeys.authentication import ApiCaller
@@ -161,7 +161,7 @@ async def _create_admitted(
     stream = body.get("stream") is True
     claude = is_claude(entry)
     outcome = MessagesOutcome()
-    relay: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
     complete: UsageRecord | None = None
 
     def record() -> UsageRecord:
@@ -171,7 +171,7 @@ async def _create_admitted(
 
     async def finish() -> None:
         if relay is not None:
-            await relay.aclose()  # type: ignore[attr-defined]  # a stream the client left stops here
+            await relay.aclose()  # a stream the client left stops here
         counted = await finish_request(reservation=reservation, usage=complete or record())
         services.observe_outcome(endpoint=ENDPOINT, model=entry.slug, outcome=outcome, counted=counted, byok=route.byok)
 

@@ -311,7 +311,7 @@ def message_from_chat(completion: dict, *, model: str) -> dict:
             }
         )
     finish = choice.get("finish_reason")
-    stop_reason = "tool_use" if message.get("tool_calls") else STOP_REASONS.get(finish, "end_turn")
+    stop_reason = "tool_use" if message.get("tool_calls") else STOP_REASONS.get(str(finish), "end_turn")
     return {
         "id": new_message_id(),
         "type": "message",

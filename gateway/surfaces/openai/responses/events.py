@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.surfaces.openai.responses import compaction
@@ -106,7 +107,7 @@ class ResponseEventStream:
         self._sequence += 1
         return event
 
-    def _response(self, status: str, **fields: object) -> dict:
+    def _response(self, status: str, **fields: Any) -> dict:
         return response_object(
             response_id=self.response_id,
             created_at=self.created_at,
@@ -252,8 +253,8 @@ class ResponseEventStream:
         )
 
     def _call_delta(self, delta: dict) -> list[dict]:
-        index = delta.get("index") if isinstance(delta.get("index"), int) else 0
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        index = found if isinstance(found := delta.get("index"), int) else 0
+        function = found if isinstance(found := delta.get("function"), dict) else {}
         events: list[dict] = []
         call = self._calls.get(index)
         if call is None:
@@ -314,7 +315,7 @@ class ResponseEventStream:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # Responses has one output; we never ask for n > 1
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = found if isinstance(found := choice.get("delta"), dict) else {}
             if choice.get("finish_reason") is not None:
                 self._finish_reason = choice["finish_reason"]
             if self.compact:

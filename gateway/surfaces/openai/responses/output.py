@@ -30,10 +30,8 @@ def response_usage(usage: object) -> dict:
     """
     usage = usage if isinstance(usage, dict) else {}
     prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    prompt_details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    completion_details = (
-        usage.get("completion_tokens_details") if isinstance(usage.get("completion_tokens_details"), dict) else {}
-    )
+    prompt_details = found if isinstance(found := usage.get("prompt_tokens_details"), dict) else {}
+    completion_details = found if isinstance(found := usage.get("completion_tokens_details"), dict) else {}
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
@@ -161,9 +159,9 @@ def response_from_chat(
 ) -> dict:
     """A whole chat completion as a Response object (for a compaction: one compaction item)."""
     tools = tools or ToolMap()
-    choices = completion.get("choices") if isinstance(completion.get("choices"), list) else []
+    choices = found if isinstance(found := completion.get("choices"), list) else []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = found if isinstance(found := choice.get("message"), dict) else {}
     finish_reason = choice.get("finish_reason")
     status, incomplete = outcome_of(finish_reason)
     item_status = "incomplete" if status == "incomplete" else "completed"
@@ -210,7 +208,7 @@ def response_from_chat(
             }
         )
     for call in tool_calls:
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = found if isinstance(found := call.get("function"), dict) else {}
         output.append(
             call_item(
                 tools=tools,
@@ -236,9 +234,9 @@ def response_from_chat(
 
 def compacted_response(completion: dict, *, created_at: int, input_items: list) -> dict:
     """POST /responses/compact's answer: one compaction item (the user's messages are sealed inside it)."""
-    choices = completion.get("choices") if isinstance(completion.get("choices"), list) else []
+    choices = found if isinstance(found := completion.get("choices"), list) else []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = found if isinstance(found := choice.get("message"), dict) else {}
     return {
         "id": new_item_id("cmp"),
         "object": "response.compaction",
