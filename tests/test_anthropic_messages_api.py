@@ -839,3 +839,12 @@ def test_reasoning_details_without_text_become_a_redacted_thinking_block():
         }
     )
     assert "reasoning_details" not in plain
+
+
+def test_a_wrong_method_and_claude_codes_probe_of_the_base_url_get_anthropic_shaped_answers(base_url, caller):
+    wrong = requests.get(f"{base_url}/v1/messages", headers={"x-api-key": caller.key}, timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["type"] == "error"
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+
+    probe = requests.head(base_url, timeout=10)  # Claude Code's best-effort HEAD of ANTHROPIC_BASE_URL
+    assert probe.status_code == 404 and probe.headers["content-type"] == "application/json"
