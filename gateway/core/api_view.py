@@ -3,7 +3,8 @@
 DRF's own dispatch is synchronous: under ASGI it would cost a thread hop per request and hold a
 thread for a whole stream. This one runs DRF's pipeline on the event loop, in DRF's order:
 authentication (an async method, `authenticate_async`) -> permissions -> throttles -> the handler
-(`async def get/post`) -> REST_FRAMEWORK's EXCEPTION_HANDLER for anything raised. Content
+(`async def get/post`) -> REST_FRAMEWORK's EXCEPTION_HANDLER for anything raised; only a method the
+view lacks is refused first (a 405 needs no identity). Content
 negotiation and versioning are skipped: /v1 speaks JSON and event streams only, and a DRF
 `Response` is given its renderer in `finalize_response` and rendered by the handler.
 """
