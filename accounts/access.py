@@ -97,7 +97,8 @@ def load_user_access(*, user_id: int) -> UserAccess | None:
     workspaces = {}
     for membership in memberships:
         workspace, plan = membership.workspace, membership.workspace.plan
-        licence = workspace.active_licences[0] if workspace.active_licences else None
+        licences = getattr(workspace, "active_licences", [])  # prefetch_related's to_attr
+        licence = licences[0] if licences else None
         workspaces[workspace.pk] = WorkspaceAccess(
             workspace_id=workspace.pk,
             workspace_name=workspace.name,

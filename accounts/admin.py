@@ -229,7 +229,7 @@ class MembershipAdmin(BumpsAccessEpoch):
         original = form.clean
 
         def clean(form_self: ModelForm) -> dict:
-            data = original(form_self)
+            data = original(form_self) or {}
             if obj is not None and obj.role == Membership.Role.OWNER:
                 moved = data.get("workspace") is not None and data["workspace"].pk != obj.workspace_id
                 if (data.get("role") != Membership.Role.OWNER or moved) and _owners_left(
@@ -238,7 +238,7 @@ class MembershipAdmin(BumpsAccessEpoch):
                     raise ValidationError("A workspace needs at least one owner: make someone else its owner first.")
             return data
 
-        form.clean = clean
+        form.clean = clean  # type: ignore[method-assign,assignment]  # wraps the generated form's own clean
         return form
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:

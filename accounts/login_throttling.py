@@ -99,7 +99,8 @@ class ThrottledModelBackend(ModelBackend):
         self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: object
     ):
         if username is None:
-            username = kwargs.get(get_user_model().USERNAME_FIELD)
+            named = kwargs.get(get_user_model().USERNAME_FIELD)
+            username = named if isinstance(named, str) else None
         if seconds_until_allowed(request, username):
             # PermissionDenied stops django.contrib.auth from trying any other backend.
             raise PermissionDenied("too many failed sign-ins")

@@ -97,9 +97,7 @@ def seed_demo_user(*, email: str, plan_slug: str, known_password: str | None) ->
         elif known_password is not None:
             user.set_password(known_password)
             user.save(update_fields=["password"])
-        if user.current_workspace is None:
-            Workspace.objects.create_personal(owner=user)
-        workspace = user.current_workspace
+        workspace = user.current_workspace or Workspace.objects.create_personal(owner=user)
         if workspace.plan_id != plan.pk:
             workspace.plan = plan
             workspace.save(update_fields=["plan"])

@@ -1,4 +1,5 @@
-"""Site pages for accounts: sign-up, the settings page, workspaces, members and the BYOK key.
+"""Site pages for accounts: sign-up, password reset, email change, the settings page, workspaces, members
+and the BYOK key.
 
 One view per action; each validates a form, calls one service and redirects (POST/redirect/GET).
 """
@@ -13,7 +14,7 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
@@ -32,6 +33,7 @@ from accounts.forms import (
     WorkspaceCreateForm,
     WorkspaceRenameForm,
 )
+from accounts.http import signed_in_user
 from accounts.login_throttling import take_account_mail_allowance
 from accounts.models import Membership, User
 from accounts.openrouter_keys import OpenRouterKeyError, OpenRouterUnavailable
@@ -52,7 +54,7 @@ class SignupView(FormView):
     template_name = "registration/signup.html"
     form_class = SignupForm
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.user.is_authenticated:
             return redirect("settings")
         return super().dispatch(request, *args, **kwargs)
@@ -73,16 +75,16 @@ class SettingsView(LoginRequiredMixin, TemplateView):
     template_name = "accounts/settings.html"
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return super().get_context_data(**kwargs) | _settings_context(self.request.user)
+        return super().get_context_data(**kwargs) | _settings_context(signed_in_user(self.request))
 
 
 class WorkspaceCreateView(LoginRequiredMixin, View):
     def post(self, request: HttpRequest) -> HttpResponse:
         form = WorkspaceCreateForm(request.POST)
         if not form.is_valid():
-            context = _settings_context(request.user, workspace_form=form)
+            context = _settings_context(signed_in_user(request), workspace_form=form)
             return render(request, "accounts/settings.html", context, status=400)
-        workspace = services.create_workspace(user=request.user, name=form.cleaned_data["name"])
+        workspace = services.create_workspace(user=signed_in_user(request), name=form.cleaned_data["name"])
         messages.success(request, f"Created the workspace “{workspace.name}”.")
         return redirect("workspace-detail", workspace_id=workspace.pk)
 
@@ -90,7 +92,7 @@ class WorkspaceCreateView(LoginRequiredMixin, View):
 class WorkspaceSwitchView(LoginRequiredMixin, View):
     def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
         try:
-            workspace = services.switch_current_workspace(user=request.user, workspace_id=workspace_id)
+            workspace = services.switch_current_workspace(user=signed_in_user(request), workspace_id=workspace_id)
         except services.NotAllowed as error:
             raise Http404(str(error)) from error
         messages.success(request, f"“{workspace.name}” is now your current workspace; the API uses it by default.")
@@ -101,7 +103,7 @@ class WorkspaceMembershipMixin(LoginRequiredMixin):
     """Resolves `workspace_id` to the requesting user's membership; 404 for a workspace they are not in."""
 
     def membership(self, request: HttpRequest, workspace_id: int) -> Membership:
-        membership = selectors.find_membership(user=request.user, workspace_id=workspace_id)
+        membership = selectors.find_membership(user=signed_in_user(request), workspace_id=workspace_id)
         if membership is None:
             raise Http404("No such workspace.")
         return membership
@@ -137,7 +139,7 @@ class WorkspaceRenameView(WorkspaceMembershipMixin, View):
             return render(request, WorkspaceDetailView.template_name, context, status=400)
         try:
             workspace = services.rename_workspace(
-                actor=request.user, workspace=membership.workspace, name=form.cleaned_data["name"]
+                actor=signed_in_user(request), workspace=membership.workspace, name=form.cleaned_data["name"]
             )
         except services.NotAllowed as error:
             form.add_error("name", str(error))
@@ -160,7 +162,7 @@ class WorkspaceLeaveView(WorkspaceMembershipMixin, View):
     def post(self, request: HttpRequest, workspace_id: int) -> HttpResponse:
         self.membership(request, workspace_id)
         try:
-            workspace = services.leave_workspace(user=request.user, workspace_id=workspace_id)
+            workspace = services.leave_workspace(user=signed_in_user(request), workspace_id=workspace_id)
         except services.WorkspaceRuleError as error:
             messages.error(request, str(error))
             return redirect("workspace-detail", workspace_id=workspace_id)
@@ -179,7 +181,9 @@ class MemberRoleChangeView(WorkspaceMembershipMixin, View):
             messages.error(request, "Choose one of the roles: member, admin or owner.")
             return redirect("workspace-detail", workspace_id=workspace_id)
         try:
-            changed = services.change_member_role(actor=request.user, membership=target, role=form.cleaned_data["role"])
+            changed = services.change_member_role(
+                actor=signed_in_user(request), membership=target, role=form.cleaned_data["role"]
+            )
         except services.WorkspaceRuleError as error:
             messages.error(request, str(error))
         else:
@@ -196,7 +200,7 @@ class MemberAddView(WorkspaceMembershipMixin, View):
             return render(request, WorkspaceDetailView.template_name, context, status=400)
         try:
             added = services.add_member_by_email(
-                actor=request.user,
+                actor=signed_in_user(request),
                 workspace=membership.workspace,
                 email=form.cleaned_data["email"],
                 role=form.cleaned_data["role"],
@@ -230,13 +234,13 @@ class MemberRemoveView(WorkspaceMembershipMixin, View):
         self.membership(request, workspace_id)
         target = self.target(workspace_id, membership_id)
         try:
-            services.remove_member(actor=request.user, membership=target)
+            services.remove_member(actor=signed_in_user(request), membership=target)
         except services.WorkspaceRuleError as error:
             messages.error(request, str(error))
         else:
             messages.success(request, f"Removed {target.user.email} from {target.workspace.name}.")
-        if target.user_id == request.user.pk and not selectors.find_membership(
-            user=request.user, workspace_id=workspace_id
+        if target.user_id == signed_in_user(request).pk and not selectors.find_membership(
+            user=signed_in_user(request), workspace_id=workspace_id
         ):
             return redirect("settings")
         return redirect("workspace-detail", workspace_id=workspace_id)
@@ -247,15 +251,15 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
     def post(self, request: HttpRequest) -> HttpResponse:
         form = OpenRouterKeyForm(request.POST)
         if not form.is_valid():
-            context = _settings_context(request.user, openrouter_form=form)
+            context = _settings_context(signed_in_user(request), openrouter_form=form)
             return render(request, "accounts/settings.html", context, status=400)
         try:
-            stored = services.set_openrouter_key(user=request.user, key=form.cleaned_data["key"])
+            stored = services.set_openrouter_key(user=signed_in_user(request), key=form.cleaned_data["key"])
         except OpenRouterKeyError as error:
             form.add_error("key", str(error))
             # 400 for a key that is wrong; 503 when OpenRouter could not be asked (nothing was saved).
             status = 503 if isinstance(error, OpenRouterUnavailable) else 400
-            context = _settings_context(request.user, openrouter_form=form)
+            context = _settings_context(signed_in_user(request), openrouter_form=form)
             return render(request, "accounts/settings.html", context, status=status)
         messages.success(request, f"OpenRouter accepted your key ending in {stored.last4}; requests now use it.")
         return redirect(reverse("settings") + "#openrouter")
@@ -264,7 +268,7 @@ class OpenRouterKeySaveView(LoginRequiredMixin, View):
 class OpenRouterKeyRecheckView(LoginRequiredMixin, View):
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
-            stored = services.recheck_openrouter_key(user=request.user)
+            stored = services.recheck_openrouter_key(user=signed_in_user(request))
         except OpenRouterKeyError as error:
             messages.error(request, f"{error} Your saved key was kept; replace or remove it below.")
         else:
@@ -279,13 +283,13 @@ class OpenRouterKeyRemoveView(LoginRequiredMixin, View):
     template_name = "accounts/openrouter_key_remove_confirm.html"
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        openrouter_key = selectors.find_openrouter_key(user=request.user)
+        openrouter_key = selectors.find_openrouter_key(user=signed_in_user(request))
         if openrouter_key is None:
             return redirect(reverse("settings") + "#openrouter")
         return render(request, self.template_name, {"openrouter_key": openrouter_key})
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        if services.remove_openrouter_key(user=request.user):
+        if services.remove_openrouter_key(user=signed_in_user(request)):
             messages.success(request, "Removed your OpenRouter key. Requests now use Writingmate's own.")
         return redirect(reverse("settings") + "#openrouter")
 
@@ -330,7 +334,7 @@ class EmailChangeView(LoginRequiredMixin, FormView):
     form_class = EmailChangeForm
 
     def get_form_kwargs(self) -> dict[str, Any]:
-        return super().get_form_kwargs() | {"user": self.request.user}
+        return super().get_form_kwargs() | {"user": signed_in_user(self.request)}
 
     def form_valid(self, form: EmailChangeForm) -> HttpResponse:
         wait = take_account_mail_allowance(self.request, form.cleaned_data["new_email"])
@@ -338,7 +342,7 @@ class EmailChangeView(LoginRequiredMixin, FormView):
             return _too_many_mails(self.request, wait)
         try:
             change = services.request_email_change(
-                user=self.request.user,
+                user=signed_in_user(self.request),
                 new_email=form.cleaned_data["new_email"],
                 confirm_url=lambda token: self.request.build_absolute_uri(
                     reverse("email-change-confirm", kwargs={"token": token})
@@ -361,14 +365,14 @@ class EmailChangeConfirmView(LoginRequiredMixin, View):
 
     def get(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
-            change = services.read_email_change(user=request.user, token=token)
+            change = services.read_email_change(user=signed_in_user(request), token=token)
         except services.EmailChangeInvalid as error:
             return render(request, self.template_name, {"error": str(error)}, status=400)
         return render(request, self.template_name, {"change": change, "token": token})
 
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
-            change = services.confirm_email_change(user=request.user, token=token)
+            change = services.confirm_email_change(user=signed_in_user(request), token=token)
         except (services.EmailChangeInvalid, services.EmailTaken) as error:
             return render(request, self.template_name, {"error": str(error)}, status=400)
         messages.success(request, f"Your email address is now {change.new_email}; sign in with it from now on.")

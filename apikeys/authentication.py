@@ -101,8 +101,11 @@ def incorrect_key(presented: str) -> InvalidApiKey:
     return InvalidApiKey(f"Incorrect API key provided: {_masked(presented)}. Check the key in Settings → API Keys.")
 
 
-def _is_current(grant: KeyGrant | None) -> bool:
-    return grant is not None and (grant.expires_at is None or grant.expires_at > time.time())
+def _current(grant: KeyGrant | None) -> KeyGrant | None:
+    """`grant` while its key has not expired (checked per request: a cached grant outlives expiry)."""
+    if grant is None or (grant.expires_at is not None and grant.expires_at <= time.time()):
+        return None
+    return grant
 
 
 def select_workspace(grant: KeyGrant, workspace_header: str | None) -> WorkspaceAccess:
@@ -201,36 +204,32 @@ async def resolve_grant(
             _local_cache.put(key_hash, epoch, grant)
         elif grant is None:
             before_lookup()
-        if not _is_current(grant):
+        if (current := _current(grant)) is None:
             return None, None
-        assert grant is not None
         throttling.remember_known_locally(key_hash)
-        await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
-        return grant, None
+        await _touch_if_due(current.key_id, _local_cache.should_touch(current.key_id))
+        return current, None
 
     if allow_unconfirmed and (remembered := _remembered_grants.remembered(key_hash)) is not None:
         epoch, grant = remembered
-        if _is_current(grant):  # else let a confirmed read refuse it
+        if _current(grant) is not None:  # else let a confirmed read refuse it
             await _note_use(client, grant)
             return grant, epoch
 
     try:
-        cached, epoch, known = await client.mget(
+        cached, raw_epoch, known = await client.mget(
             _GRANT_KEY + key_hash, ACCESS_EPOCH_KEY, throttling.KNOWN_KEY_PREFIX + key_hash
         )
     except Exception:
         logger.warning("Redis unavailable for key lookup; reading the database instead", exc_info=True)
         if _remembered_grants.remembered(key_hash) is None and not throttling.is_known_locally(key_hash):
             before_lookup()
-        grant = await run_db(find_key_grant, key_hash=key_hash)
-        if not _is_current(grant):
+        if (current := _current(await run_db(find_key_grant, key_hash=key_hash))) is None:
             return None, None
-        assert grant is not None
-        await _touch_if_due(grant.key_id, _local_cache.should_touch(grant.key_id))
-        return grant, None
+        await _touch_if_due(current.key_id, _local_cache.should_touch(current.key_id))
+        return current, None
 
-    epoch = int(epoch or 0)
-    grant: KeyGrant | None = None
+    epoch = int(raw_epoch or 0)
     entry = json.loads(cached) if cached else None
     if entry is not None and entry["epoch"] == epoch:
         grant = KeyGrant.from_dict(entry["grant"]) if entry["grant"] else None
@@ -251,11 +250,10 @@ async def resolve_grant(
             logger.warning("could not cache a key grant in Redis", exc_info=True)
     if grant is not None:
         _remembered_grants.put(key_hash, epoch, grant)
-    if not _is_current(grant):
+    if (current := _current(grant)) is None:
         return None, None
-    assert grant is not None
-    await _note_use(client, grant)
-    return grant, None
+    await _note_use(client, current)
+    return current, None
 
 
 async def _note_use(client: aioredis.Redis, grant: KeyGrant) -> None:

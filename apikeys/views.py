@@ -15,6 +15,7 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views import View
 from django.views.decorators.debug import sensitive_variables
 
+from accounts.http import signed_in_user
 from apikeys import selectors, services
 from apikeys.forms import ApiKeyCreateForm, ApiKeyLimitsForm, ApiKeyRenameForm
 from apikeys.models import DeveloperKey
@@ -28,7 +29,7 @@ def _origin(request: HttpRequest) -> str:
 
 
 def _list_page(request: HttpRequest, *, form: ApiKeyCreateForm | None = None, status: int = 200) -> HttpResponse:
-    keys = list(selectors.keys_of(user=request.user))
+    keys = list(selectors.keys_of(user=signed_in_user(request)))
     usage = key_usage(key_ids=[key.pk for key in keys])
     context = {
         "rows": [(key, usage.get(key.pk, KeyUsage())) for key in keys],
@@ -40,7 +41,7 @@ def _list_page(request: HttpRequest, *, form: ApiKeyCreateForm | None = None, st
 
 
 def _owned_key(request: HttpRequest, key_id: int) -> DeveloperKey:
-    key = selectors.find_key_of(user=request.user, key_id=key_id)
+    key = selectors.find_key_of(user=signed_in_user(request), key_id=key_id)
     if key is None:
         raise Http404("No such key.")
     return key
@@ -61,7 +62,7 @@ class ApiKeyCreateView(LoginRequiredMixin, View):
         if not form.is_valid():
             return _list_page(request, form=form, status=400)
         issued = services.create_api_key(
-            user=request.user, name=form.cleaned_data["name"], expires_at=form.expires_at()
+            user=signed_in_user(request), name=form.cleaned_data["name"], expires_at=form.expires_at()
         )
         # The plaintext goes into this response only: no redirect (it would need storing), and no
         # cache may keep the page.

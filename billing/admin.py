@@ -14,9 +14,9 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db.models import Count, IntegerField, Model, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseBase, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
@@ -60,7 +60,7 @@ class BillingDayFilter(admin.SimpleListFilter):
             case "yesterday":
                 return queryset.filter(day=today - dt.timedelta(days=1))
             case "7" | "30":
-                return queryset.filter(day__gt=today - dt.timedelta(days=int(self.value())))
+                return queryset.filter(day__gt=today - dt.timedelta(days=int(self.value() or 0)))
         return queryset
 
 
@@ -100,22 +100,22 @@ class NamesAndTotals(ReadOnlyAdmin):
         )
         return [(label, figures[f"total_{field}"]) for label, field in self.totals]
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponseBase:
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
-        if isinstance(response, TemplateResponse) and "cl" in (response.context_data or {}):
+        if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
             response.context_data["totals"] = self.total_figures(response.context_data["cl"].queryset)
         return response
 
     @admin.display(description="workspace", ordering="workspace_id")
-    def workspace_name(self, obj: Model) -> str:
+    def workspace_name(self, obj: Any) -> str:  # any model with these foreign keys
         return obj.workspace.name if obj.workspace is not None else "—"
 
     @admin.display(description="user", ordering="user_id")
-    def user_email(self, obj: Model) -> str:
+    def user_email(self, obj: Any) -> str:  # any model with these foreign keys
         return obj.user.email if obj.user is not None else "—"
 
     @admin.display(description="key", ordering="key_id")
-    def key_name(self, obj: Model) -> str:
+    def key_name(self, obj: Any) -> str:  # any model with these foreign keys
         return key_label(obj.key)
 
 
@@ -166,7 +166,11 @@ class UsageEventAdmin(NamesAndTotals):
         "=key__prefix",
     )
     search_help_text = "Request or generation id, model, user email, workspace name, key name or prefix (wmk_…)."
-    totals = (("Lines", "rows"), ("Messages", "counted_messages"), ("Input tokens", "prompt_tokens"))
+    totals: tuple[tuple[str, str], ...] = (
+        ("Lines", "rows"),
+        ("Messages", "counted_messages"),
+        ("Input tokens", "prompt_tokens"),
+    )
     totals += (("Output tokens", "completion_tokens"),)
     actions = ("export_selected_csv",)
 
@@ -254,7 +258,7 @@ class DailyMessageCountAdmin(NamesAndTotals):
         return f"{obj.input_tokens} / {obj.output_tokens}"
 
     @admin.display(description="refused", ordering="refused_requests")
-    def refused(self, obj: DailyMessageCount) -> str:
+    def refused(self, obj: Any) -> str:  # a DailyMessageCount annotated with refused_requests
         return _refusals_link(
             obj.refused_requests, workspace__id__exact=obj.workspace_id, user__id__exact=obj.user_id, day=obj.day
         )
@@ -316,7 +320,7 @@ class DailyKeyModelCountAdmin(NamesAndTotals):
         return f"{obj.input_tokens} / {obj.output_tokens}"
 
     @admin.display(description="refused", ordering="refused_requests")
-    def refused(self, obj: DailyKeyModelCount) -> str:
+    def refused(self, obj: Any) -> str:  # a DailyKeyModelCount annotated with refused_requests
         if obj.key_id is None:
             return "—"
         return _refusals_link(obj.refused_requests, key__id__exact=obj.key_id, day=obj.day)
@@ -393,24 +397,24 @@ class WorkspaceUsageAdmin(ReadOnlyAdmin):
         )
 
     @admin.display(description="Messages today", ordering="used_today")
-    def messages_today(self, obj: WorkspaceUsage) -> int:
+    def messages_today(self, obj: Any) -> int:  # a WorkspaceUsage with its queryset annotations
         return obj.used_today
 
     @admin.display(description="Plan daily limit")
-    def daily_limit(self, obj: WorkspaceUsage) -> str:
+    def daily_limit(self, obj: Any) -> str:  # a WorkspaceUsage with its queryset annotations
         return "Unlimited" if obj.plan.daily_message_limit is None else str(obj.plan.daily_message_limit)
 
     @admin.display(description="AppSumo daily limit")
-    def appsumo_daily_limit(self, obj: WorkspaceUsage) -> str:
+    def appsumo_daily_limit(self, obj: Any) -> str:  # a WorkspaceUsage with its queryset annotations
         return "—" if obj.licence_daily is None else str(obj.licence_daily)
 
     @admin.display(description="Remaining today")
-    def remaining_today(self, obj: WorkspaceUsage) -> str:
+    def remaining_today(self, obj: Any) -> str:  # a WorkspaceUsage with its queryset annotations
         limits = [x for x in (obj.plan.daily_message_limit, obj.licence_daily) if x is not None]
         return "Unlimited" if not limits else str(max(0, min(limits) - obj.used_today))
 
     @admin.display(description="Limits today (settled and in flight)")
-    def limits_today(self, obj: WorkspaceUsage) -> str:
+    def limits_today(self, obj: Any) -> str:  # a WorkspaceUsage with its queryset annotations
         access = selectors.workspace_access_for_admin(workspace_id=obj.pk)
         if access is None:
             return "This workspace has no members."
@@ -430,7 +434,7 @@ class WorkspaceUsageAdmin(ReadOnlyAdmin):
         )
 
     @admin.display(description="Members today")
-    def members_today(self, obj: WorkspaceUsage) -> str:
+    def members_today(self, obj: Any) -> str:  # a WorkspaceUsage with its queryset annotations
         per_member = selectors.member_usage_today(workspace_id=obj.pk)
         limit = obj.plan.member_daily_message_limit
         return format_html(

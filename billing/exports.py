@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
 from accounts.models import User, Workspace
@@ -46,7 +47,7 @@ class _Echo:
         return value
 
 
-def _names(model: type[Model], ids: Iterable[int | None], *fields: str) -> dict[int, tuple]:
+def _names(model: Any, ids: Iterable[int | None], *fields: str) -> dict[int, tuple]:
     return {row[0]: row[1:] for row in model.objects.filter(pk__in={i for i in ids if i}).values_list("pk", *fields)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django import forms
 
@@ -20,12 +21,12 @@ class UsageFilterForm(forms.Form):
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
 
-    def __init__(self, *args: object, today: dt.date, **kwargs: object) -> None:
+    def __init__(self, *args: Any, today: dt.date, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.today = today
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = super().clean() or {}  # Form.clean returns cleaned_data; the stubs allow None
         start, end = data.get("start"), data.get("end")
         if start is None and end is None:
             return data

@@ -83,6 +83,7 @@ def _lease_seconds() -> int:
 
 def claim_idempotency_key(*, key_id: int, idempotency_key: str, body_sha256: str) -> Replay | Proceed | _InProgress:
     """One attempt to own the key (sync). Raises IdempotencyConflict for a different body."""
+    row: IdempotentRequest | None
     for _attempt in range(3):
         now = timezone.now()
         try:

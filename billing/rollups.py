@@ -185,9 +185,11 @@ def _audit_by_key_and_model(events, *, days: Iterable[dt.date] | None, include_t
     actual: dict[tuple, tuple] = {}
     for r in rows.values(*identity, *_KEY_MODEL_FIGURES):
         ident = tuple(r[n] for n in identity)
-        have = tuple(r[n] for n in _KEY_MODEL_FIGURES)
+        figures = tuple(r[n] for n in _KEY_MODEL_FIGURES)
         # Two rows for one identity would be double counting: add them up so the audit sees it.
-        actual[ident] = tuple(a + b for a, b in zip(actual[ident], have, strict=True)) if ident in actual else have
+        actual[ident] = (
+            tuple(a + b for a, b in zip(actual[ident], figures, strict=True)) if ident in actual else figures
+        )
     zero = (0,) * len(_KEY_MODEL_FIGURES)
     mismatches = []
     for ident in sorted(set(expected) | set(actual), key=lambda i: (i[4], i[0], i[1], i[2] or 0, i[3])):

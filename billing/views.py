@@ -6,9 +6,10 @@ import csv
 from typing import Any
 
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import Http404, HttpResponse, HttpResponseBase
+from django.http import Http404, HttpResponse
 from django.views.generic import TemplateView
 
+from accounts.http import signed_in_user
 from billing import selectors
 from billing.charts import bar_chart
 from billing.forms import PRESETS, UsageFilterForm
@@ -18,10 +19,12 @@ from billing.quotas import billing_day
 class UsageDetailView(LoginRequiredMixin, TemplateView):
     template_name = "billing/usage.html"
 
-    def get(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
         form = UsageFilterForm(request.GET or None, today=billing_day())
         summary = selectors.find_usage_summary(
-            user=request.user, workspace_id=form.workspace_id() if form.is_bound else None, span=form.usage_range()
+            user=signed_in_user(request),
+            workspace_id=form.workspace_id() if form.is_bound else None,
+            span=form.usage_range(),
         )
         if summary is None:
             raise Http404("You are not a member of that workspace.")
@@ -45,11 +48,26 @@ def usage_csv(summary: selectors.UsageSummary) -> HttpResponse:
     writer = csv.writer(response)
     figures = ["requests", "failed", "messages", "byok_messages", "input_tokens", "output_tokens"]
     writer.writerow(["table", "day", "model", "key", "status", "code", "refused", *figures])
-    for row in summary.by_day_model:
-        writer.writerow(["by_day_and_model", row.day, row.model, "", "", "", "", *(getattr(row, f) for f in figures)])
-    for row in summary.by_key:
+    for day_row in summary.by_day_model:
         writer.writerow(
-            ["by_key", "", "", row.label, "", "", "", row.requests, "", row.messages, row.byok_messages, *tokens(row)]
+            ["by_day_and_model", day_row.day, day_row.model, "", "", "", "", *(getattr(day_row, f) for f in figures)]
+        )
+    for key_row in summary.by_key:
+        writer.writerow(
+            [
+                "by_key",
+                "",
+                "",
+                key_row.label,
+                "",
+                "",
+                "",
+                key_row.requests,
+                "",
+                key_row.messages,
+                key_row.byok_messages,
+                *tokens(key_row),
+            ]
         )
     for refusal in summary.refusals:
         writer.writerow(["refused", "", "", "", refusal.status, refusal.code, refusal.count, "", "", "", "", ""])

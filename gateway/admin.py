@@ -53,7 +53,7 @@ class StoredResponseAdmin(admin.ModelAdmin):
     search_fields = ["=id", "=request_id", "=previous_response_id", "model", "workspace__name", "user__email"]
     date_hierarchy = "created_at"
     # The content columns are left out of every page, not just made read-only.
-    fields = readonly_fields = [
+    fields = readonly_fields = [  # type: ignore[assignment]  # one list for both: the stubs type them apart
         "id",
         "workspace",
         "user",

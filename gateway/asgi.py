@@ -19,18 +19,19 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, cast
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
-from django.http import Http404, HttpRequest, HttpResponseBase
+from django.http import Http404, HttpResponse, HttpResponseBase
 from django.template.response import SimpleTemplateResponse
 from django.urls import Resolver404, resolve
 from django.urls.resolvers import RoutePattern
 
 from billing.refusals import flush_refusals
 from gateway import metrics
+from gateway.core.api_request import ApiRequest
 from gateway.core.refusals import note_refused, note_refused_before_request
 from gateway.core.streaming import EventStreamResponse, send_event_stream
 from gateway.errors import ApiError, error_response
@@ -66,6 +67,10 @@ def render_error(path: str, error: ApiError, *, request_id: str) -> HttpResponse
     return error_response(error, extra_headers={"x-request-id": request_id})
 
 
+_request_id_key: bytes
+_request_numbers: itertools.count[int]
+
+
 def _new_request_id_source() -> None:
     global _request_id_key, _request_numbers
     _request_id_key, _request_numbers = os.urandom(32), itertools.count()
@@ -91,10 +96,12 @@ class _BodyTooLarge(Exception):
 
 
 class ApiHandler(ASGIHandler):
+    request_class = ApiRequest
+
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
+        self._view_middleware: list[Callable] = []
+        self._template_response_middleware: list[Callable] = []
+        self._exception_middleware: list[Callable] = []
         self._middleware_chain = self._respond
         self._exact_routes: dict[str, Callable] | None = None
         self.in_flight = 0
@@ -110,7 +117,7 @@ class ApiHandler(ASGIHandler):
             }
         return self._exact_routes.get(path)
 
-    async def _respond(self, request: HttpRequest) -> HttpResponseBase:
+    async def _respond(self, request: ApiRequest) -> HttpResponseBase:
         try:
             view, kwargs = self._exact_route(request.path_info), {}
             if view is None:
@@ -145,6 +152,7 @@ class ApiHandler(ASGIHandler):
         headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         if not isinstance(response, EventStreamResponse):
+            assert isinstance(response, HttpResponse)  # streaming responses of other kinds went to Django's
             await send({"type": "http.response.body", "body": response.content})
             return
         events = response.events
@@ -154,7 +162,7 @@ class ApiHandler(ASGIHandler):
             await events.aclose()
         await send({"type": "http.response.body"})
 
-    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+    async def run_get_response(self, request: ApiRequest) -> HttpResponseBase:  # type: ignore[override]
         # Django's version logs every 4xx through a thread; /v1 logs its own errors.
         return await self._middleware_chain(request)
 
@@ -198,12 +206,13 @@ class ApiHandler(ASGIHandler):
             await self.send_response(render_error(scope["path"], too_large, request_id=request_id), send)
             log_access(scope, status=too_large.status, duration_seconds=time.monotonic() - started)
             return
-        request, _ = self.create_request(scope, body_file)
-        if request is None:
+        created, _ = self.create_request(scope, body_file)
+        if created is None:
             body_file.close()
             await self.send_response(render_error(scope["path"], invalid_http_request(), request_id=request_id), send)
             log_access(scope, status=400, duration_seconds=time.monotonic() - started)
             return
+        request = cast(ApiRequest, created)  # request_class
         # The whole body is read (within its cap): its real length lets DRF's parsers read a chunked one.
         request.META["CONTENT_LENGTH"] = str(body_size)
         request.request_id = request_id

@@ -79,8 +79,9 @@ def from_drf_exception(exc: drf_exceptions.APIException) -> ApiError:
     code = codes if isinstance(codes, str) else None
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     headers = {}
-    if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.wait)))
+    wait = getattr(exc, "wait", None)  # Throttled sets it in __init__; the stubs do not declare it
+    if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
     return ApiError(str(detail), status=exc.status_code, code=code, headers=headers)
 
 

@@ -22,7 +22,7 @@ SYNC_READ_TIMEOUT_SECONDS = 30.0
 # New upstream models start disabled and in the premium tier: staff choose what /v1 offers, and a
 # model nobody reviewed never lands in the free plan.
 NEW_MODEL_TIER = "premium"
-_SLUG_MAX = CatalogueModel._meta.get_field("slug").max_length
+_SLUG_MAX: int = CatalogueModel._meta.get_field("slug").max_length or 0
 _NAME_MAX = CatalogueModel._meta.get_field("display_name").max_length
 
 

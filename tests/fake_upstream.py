@@ -182,6 +182,7 @@ class _Plan:
     include_usage: bool
     extra_frames: list[bytes] = field(default_factory=list)
     reasoning: str | None = None
+    reasoning_details: str | None = None  # JSON of OpenRouter's reasoning_details, sent with the reasoning
 
 
 class FakeUpstream:
@@ -236,6 +237,8 @@ class FakeUpstream:
         self.respond_with: Callable[[dict[str, Any]], FakeReply | None] | None = None
         # Chat completions: the reasoning sent back when a request asks for `reasoning` (OpenRouter's field).
         self.reasoning_text = "Let me think about that."
+        # OpenRouter's reasoning_details (signed or encrypted provider reasoning) sent with any reasoning.
+        self.reasoning_details: list[dict[str, Any]] | None = None
         # Anthropic's Messages API (POST /messages, what OpenRouter serves for Claude models).
         self.messages_usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_MESSAGES_USAGE))
         self.messages_tool_call: tuple[str, dict[str, Any]] | None = None  # (tool name, input) to call
@@ -565,6 +568,7 @@ class FakeUpstream:
             usage=usage,
             include_usage=include_usage,
             reasoning=reasoning,
+            reasoning_details=json.dumps(self.reasoning_details) if reasoning and self.reasoning_details else None,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:
@@ -583,6 +587,7 @@ class FakeUpstream:
             plan.include_usage,
             self.chunks,
             plan.reasoning,
+            plan.reasoning_details,
         )
         template = self._templates.get(key)
         if template is None:
@@ -1040,6 +1045,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
         message: dict[str, Any] = {"role": "assistant", "content": plan.text, "refusal": None}
         if plan.reasoning:
             message["reasoning"] = plan.reasoning
+        if plan.reasoning_details:
+            message["reasoning_details"] = json.loads(plan.reasoning_details)
         if plan.tool:
             name, arguments = plan.tool
             message["tool_calls"] = [
@@ -1066,6 +1073,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
     deltas: list[dict[str, Any]] = []
     if plan.reasoning:
         deltas.extend({"role": "assistant", "content": "", "reasoning": piece} for piece in _split(plan.reasoning, 2))
+        if plan.reasoning_details:
+            deltas[-1]["reasoning_details"] = json.loads(plan.reasoning_details)
     if plan.tool:
         name, arguments = plan.tool
         pieces = _split(arguments, max(2, chunks - 1), words=False)

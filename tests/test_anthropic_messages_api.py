@@ -101,7 +101,8 @@ def test_the_body_reaches_the_upstream_byte_for_byte_except_the_model(base_url, 
     # Odd spacing, key order, escapes and number forms that a re-serialisation would change.
     raw = (
         '{"max_tokens":  64 ,"model":"claude-sonnet-4-5-20250929","messages":[{"role":"user","content":'
-        '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"}}'
+        '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"},'
+        '"api_base":"http://evil","headers":{"x":"y"}}'
     )
     response = requests.post(
         f"{base_url}/v1/messages",
@@ -438,7 +439,7 @@ def test_upstream_failures_keep_anthropics_shape(client, fake_upstream):
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert raised.value.response.headers["retry-after"] == "1"
 
-    fake_upstream.fail_next("500", times=2, endpoint="/messages")
+    fake_upstream.fail_next("500", endpoint="/messages")  # never sent twice: the upstream may have run it
     with pytest.raises(anthropic.InternalServerError) as failed:
         client.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
     assert failed.value.body["error"]["type"] == "api_error"
@@ -772,3 +773,78 @@ def test_every_answer_validates_against_the_sdks_own_types(base_url, fake_upstre
     ErrorResponse.model_validate(
         post("messages", {"model": "claude-nonexistent-9", "max_tokens": 5, "messages": HELLO}).json()
     )
+
+
+GEMINI_DETAILS = [{"type": "reasoning.encrypted", "data": "c2lnbmVkLWJ5LWdlbWluaQ==", "id": "tool_1", "index": 0}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_translated_reasoning_details_come_back_sealed_and_return_upstream_on_the_next_turn(
+    client, fake_upstream, stream
+):
+    """OpenRouter needs a Gemini or o-series model's reasoning_details back on the next turn (thought signatures)."""
+    fake_upstream.reasoning_details = GEMINI_DETAILS
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    if stream:
+        with client.messages.stream(model=GPT, max_tokens=2000, thinking=thinking, messages=HELLO) as events:
+            first = events.get_final_message()
+    else:
+        first = client.messages.create(model=GPT, max_tokens=2000, thinking=thinking, messages=HELLO)
+    block = first.content[0]
+    assert block.type == "thinking" and block.signature.startswith("wmr1.")
+    assert "c2lnbmVk" not in block.signature  # sealed: a client can neither read nor forge it
+
+    client.messages.create(
+        model=GPT,
+        max_tokens=2000,
+        thinking=thinking,
+        messages=[
+            *HELLO,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": "Again"},
+        ],
+    )
+    assistant = fake_upstream.last_request.json["messages"][1]
+    assert assistant["reasoning_details"] == GEMINI_DETAILS
+
+
+def test_reasoning_details_without_text_become_a_redacted_thinking_block():
+    from gateway.surfaces.anthropic.events import ChatStreamTranslator, MessagesOutcome
+    from gateway.surfaces.anthropic.translate import chat_messages
+
+    translator = ChatStreamTranslator(message_id="msg_1", model=GPT, outcome=MessagesOutcome())
+    out = translator.start()
+    out += translator.feed({"choices": [{"index": 0, "delta": {"reasoning_details": GEMINI_DETAILS}}]})
+    out += translator.feed({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]})
+    out += translator.finish()
+    events = [e for e in _events(out) if e["type"] != "ping"]
+    for event in events:
+        EVENT.validate_python(event)
+    assert [(e["type"], (e.get("content_block") or {}).get("type")) for e in events[1:4]] == [
+        ("content_block_start", "redacted_thinking"),
+        ("content_block_stop", None),
+        ("content_block_start", "text"),
+    ]
+    redacted = events[1]["content_block"]
+    [assistant] = chat_messages(
+        {"messages": [{"role": "assistant", "content": [redacted, {"type": "text", "text": "Hi"}]}]}
+    )
+    assert assistant["reasoning_details"] == GEMINI_DETAILS
+    # Anthropic's own signatures (or anything altered) are not ours to open: left out, never an error.
+    [plain] = chat_messages(
+        {
+            "messages": [
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "EqQBCkYI..."}]}
+            ]
+        }
+    )
+    assert "reasoning_details" not in plain
+
+
+def test_a_wrong_method_and_claude_codes_probe_of_the_base_url_get_anthropic_shaped_answers(base_url, caller):
+    wrong = requests.get(f"{base_url}/v1/messages", headers={"x-api-key": caller.key}, timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["type"] == "error"
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+
+    probe = requests.head(base_url, timeout=10)  # Claude Code's best-effort HEAD of ANTHROPIC_BASE_URL
+    assert probe.status_code == 404 and probe.headers["content-type"] == "application/json"

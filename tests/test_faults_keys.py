@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts.access import bump_access_epoch
 from accounts.models import Membership, User
 from accounts.services import add_member_by_email, remove_member
-from apikeys import authentication, throttling
+from apikeys import authentication
 from apikeys.keys import generate_key
 from apikeys.models import DeveloperKey
 from apikeys.services import create_api_key, revoke_api_key
@@ -37,14 +37,6 @@ def caller():
 @pytest.fixture
 def url(live_server, fake_upstream):
     return f"{live_server.v1_base}/chat/completions"
-
-
-@pytest.fixture(autouse=True)
-def _unblock_addresses():
-    # The live server runs in this process: its block table would outlive the test.
-    throttling.forget_blocked_addresses()
-    yield
-    throttling.forget_blocked_addresses()
 
 
 def flip_last_char(key: str) -> str:

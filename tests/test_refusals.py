@@ -146,3 +146,22 @@ def test_refusals_on_the_anthropic_surface_are_recorded_too(live_server, fake_up
 
     [row] = wait_for_refusals(1)
     assert (row.status, row.key_prefix, row.address) == (401, keys.visible_prefix(unknown_key), "127.0.0.1")
+
+
+def test_refusals_before_the_view_are_recorded_too(live_server, settings):
+    settings.API_MAX_JSON_BODY_BYTES = 1024
+    presented = keys.generate_key()
+    too_big = requests.post(
+        f"{live_server.v1_base}/chat/completions",
+        data=b"{" + b" " * 4096 + b"}",
+        headers={"Authorization": f"Bearer {presented}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    unknown = requests.get(f"{live_server.v1_base}/no/such/thing", headers=auth(presented), timeout=30)
+    assert (too_big.status_code, unknown.status_code) == (413, 404)
+
+    rows = wait_for_refusals(2)
+    assert {(r.status, r.code, r.key_prefix) for r in rows} == {
+        (413, "request_too_large", keys.visible_prefix(presented)),
+        (404, "unknown_url", keys.visible_prefix(presented)),
+    }

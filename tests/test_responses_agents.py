@@ -387,6 +387,84 @@ def test_reasoning_streams_as_summary_parts():
     assert_conforms("ResponseStreamEvent", events[3])
 
 
+def test_the_upstreams_reasoning_details_travel_sealed_and_return_on_the_next_turn():
+    signed = [
+        {"type": "reasoning.text", "index": 0, "text": "Check the ", "format": "anthropic-claude-v1"},
+        {"type": "reasoning.text", "index": 0, "text": "weather.", "signature": "sig-abc"},
+    ]
+    encrypted_only = [
+        {"type": "reasoning.encrypted", "index": 0, "data": "opaque-blob", "format": "openai-responses-v1"}
+    ]
+    call = _tool_chunk(0, call_id="call_1", name="exec_command", arguments='{"cmd":"date"}')
+    chunks = [
+        {"id": "g", "choices": [{"index": 0, "delta": {"reasoning": "Check the ", "reasoning_details": signed[:1]}}]},
+        {"id": "g", "choices": [{"index": 0, "delta": {"reasoning": "weather.", "reasoning_details": signed[1:]}}]},
+        call,
+        {"id": "g", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+
+    events = _stream(chunks, tools=[EXEC])
+    reasoning, function_call = events[-1]["response"]["output"]
+    assert reasoning["summary"][0]["text"] == "Check the weather."
+    assert reasoning["encrypted_content"].startswith("wmr1.") and "sig-abc" not in reasoning["encrypted_content"]
+    [done] = [e for e in events if e["type"] == "response.output_item.done" and e["item"]["type"] == "reasoning"]
+    assert done["item"]["encrypted_content"] == reasoning["encrypted_content"]
+
+    replayed = chat_request_from_responses(
+        {
+            "model": "m",
+            "tools": [EXEC],
+            "input": [
+                {"role": "user", "content": "Weather?"},
+                reasoning,
+                function_call,
+                {"type": "function_call_output", "call_id": "call_1", "output": "Mon"},
+            ],
+        }
+    )
+    assistant = replayed.chat_body["messages"][1]
+    assert assistant["tool_calls"][0]["id"] == "call_1"
+    assert assistant["reasoning_details"] == [
+        {
+            "type": "reasoning.text",
+            "index": 0,
+            "text": "Check the weather.",
+            "format": "anthropic-claude-v1",
+            "signature": "sig-abc",
+        }
+    ]
+
+    # Encrypted-only reasoning (no visible text) still makes an item, with no summary and its details sealed.
+    translated = chat_request_from_responses({"model": "m", "input": "hi"})
+    whole = response_from_chat(
+        {
+            "id": "g",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Hi", "reasoning_details": encrypted_only},
+                }
+            ],
+        },
+        response_id="resp_1",
+        created_at=1,
+        completed_at=2,
+        model="m",
+        echo=translated.echo,
+    )
+    _check_response(whole)
+    item = whole["output"][0]
+    assert item["type"] == "reasoning" and item["summary"] == []
+    again = chat_request_from_responses(
+        {
+            "model": "m",
+            "input": [{"role": "user", "content": "hi"}, item, whole["output"][1], {"role": "user", "content": "and?"}],
+        }
+    )
+    assert again.chat_body["messages"][1] == {"role": "assistant", "content": "Hi", "reasoning_details": encrypted_only}
+
+
 def test_an_input_ending_in_a_compaction_trigger_is_answered_with_one_compaction_item():
     chunks = [
         {"id": "g", "choices": [{"index": 0, "delta": {"content": "The user wants a "}, "finish_reason": None}]},

@@ -3,6 +3,7 @@ the days its ledger writes touched, by workspace × user and by key × model."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -50,3 +51,54 @@ def test_usage_is_rolled_up_by_the_serving_process_without_beat(live_server, fak
         ),
         [(key.pk, "openai/gpt-5", 1, 1), (key.pk, "openai/gpt-5-mini", 2, 2)],
     )
+
+
+def test_roll_ups_after_writes_are_throttled_to_one_per_interval(settings, monkeypatch):
+    import asyncio
+
+    from billing import quotas, recording
+    from billing.ledger import UsageRecord
+    from billing.quotas import Reservation
+    from tests.support import run_async
+
+    settings.BILLING_ROLLUP_AFTER_WRITES_SECONDS = 0.4
+    settings.BILLING_LEDGER_LINGER_SECONDS = 0
+    user = make_user("throttled@example.com").user
+    runs: list[float] = []
+    original = recording._roll_up
+
+    def counting(touched):
+        runs.append(time.monotonic())
+        original(touched)
+
+    monkeypatch.setattr(recording, "_roll_up", counting)
+    budget = quotas.Budget(limit=None, remaining=None, reset_at=quotas.day_start(billing_day()))
+
+    async def ten_batches():
+        for i in range(10):
+            usage = UsageRecord(
+                f"thr{i}",
+                user.current_workspace_id,
+                user.pk,
+                None,
+                "openai/gpt-5-mini",
+                "chat.completions",
+                10,
+                5,
+                0,
+                False,
+                "succeeded",
+                5,
+            )
+            reservation = Reservation(f"thr{i}", user.current_workspace_id, user.pk, False, budget, billing_day())
+            await recording.finish_request(reservation=reservation, usage=usage)
+            await asyncio.sleep(0.05)
+        while recording._rollups().task is not None:  # the last roll-up of the touched day
+            await asyncio.sleep(0.02)
+
+    run_async(ten_batches())
+
+    # The first batch is rolled up at once, later ones at most once per interval, however busy the machine.
+    assert 1 <= len(runs) < 10
+    assert all(later - earlier >= 0.39 for earlier, later in itertools.pairwise(runs)), runs
+    assert DailyMessageCount.objects.get(user=user).requests == 10

@@ -7,7 +7,6 @@ import time
 
 import pytest
 from django.contrib.auth import authenticate
-from django.core.cache import cache
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 from rest_framework.request import Request
@@ -21,13 +20,9 @@ LIMIT = 5
 
 
 @pytest.fixture(autouse=True)
-def _fresh_tables(settings):
+def _limit(settings):
+    # Blocked addresses, counters and the cache are reset before every test (tests.support.reset_process_state).
     settings.API_INVALID_KEY_LIMIT_PER_MINUTE = LIMIT
-    throttling.forget_blocked_addresses()
-    cache.clear()
-    yield
-    throttling.forget_blocked_addresses()
-    cache.clear()
 
 
 async def fail(address: str, times: int) -> None:

@@ -174,7 +174,7 @@ class JsonFormatter(logging.Formatter):
         for name in _extra_names(record):
             entry[name] = record.__dict__[name]
         if record.exc_info or record.exc_text:
-            entry["exc_info"] = record.exc_text or self.formatException(record.exc_info)
+            entry["exc_info"] = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
         if record.stack_info:
             entry["stack_info"] = record.stack_info
         # The masks hold no quote or backslash, so the line stays valid JSON.

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -42,7 +43,8 @@ _REBUILD_CHUNK = 500
 _scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def scripts_for(client: object) -> tuple[object, object, object]:
+def scripts_for(client: Any) -> tuple[Any, Any, Any]:
+    """The reserve, settle and rebuild scripts of `client` (redis-py's sync or asyncio client: both register alike)."""
     scripts = _scripts.get(client)
     if scripts is None:
         scripts = (
@@ -55,8 +57,8 @@ def scripts_for(client: object) -> tuple[object, object, object]:
 
 
 async def run_in_one_write(
-    client: aioredis.Redis, script: AsyncScript, calls: list[tuple[list[str], list[object]]]
-) -> list[object]:
+    client: aioredis.Redis, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+) -> list[Any]:
     """Run `script` once per (keys, args), all pipelined in one write; loaded first if Redis lost it.
 
     Only for idempotent scripts (the settle): after a NOSCRIPT the whole batch runs again.
@@ -89,10 +91,10 @@ def _rebuild_calls(counter: Counter, lines: list[tuple[str, int, str]], reservat
         yield args
 
 
-_rebuilds_in_progress: dict[tuple[int, str], asyncio.Future] = {}
+_rebuilds_in_progress: dict[tuple[int, str, bool], asyncio.Future] = {}
 
 
-async def rebuild_counter(client: object, counter: Counter, *, since: dt.datetime | None = None) -> None:
+async def rebuild_counter(client: Any, counter: Counter, *, since: dt.datetime | None = None) -> None:
     """Merge the ledger (lines written since `since`, or all) into a counter; idempotent.
 
     Concurrent callers in this loop share one rebuild.
@@ -121,7 +123,7 @@ async def rebuild_counter(client: object, counter: Counter, *, since: dt.datetim
             future.exception()  # retrieved, so an unawaited failure is not reported twice
 
 
-def rebuild_counter_sync(*, client: object, counter: Counter) -> None:
+def rebuild_counter_sync(*, client: Any, counter: Counter) -> None:
     lines, reservations = rebuild_payload(counter)
     rebuild = scripts_for(client)[2]
     for args in _rebuild_calls(counter, lines, reservations):

@@ -23,11 +23,11 @@ _ADVISORY_LOCK_CLASS = 0x574D
 _KEY_LOCK_CLASS = 0x574B
 
 
-def _owner_filter(counter: Counter) -> dict[str, int]:
+def _owner_filter(counter: Counter) -> dict[str, int | None]:
     """Whose lines a counter counts: one key's (in any workspace), or a workspace's (or one member's)."""
     if counter.key_id is not None:
         return {"key_id": counter.key_id}
-    owner = {"workspace_id": counter.workspace_id}
+    owner: dict[str, int | None] = {"workspace_id": counter.workspace_id}
     if counter.user_id is not None:
         owner["user_id"] = counter.user_id
     return owner

@@ -3,21 +3,25 @@
 DRF's own dispatch is synchronous: under ASGI it would cost a thread hop per request and hold a
 thread for a whole stream. This one runs DRF's pipeline on the event loop, in DRF's order:
 authentication (an async method, `authenticate_async`) -> permissions -> throttles -> the handler
-(`async def get/post`) -> REST_FRAMEWORK's EXCEPTION_HANDLER for anything raised. Content
+(`async def get/post`) -> REST_FRAMEWORK's EXCEPTION_HANDLER for anything raised; only a method the
+view lacks is refused first (a 405 needs no identity). Content
 negotiation and versioning are skipped: /v1 speaks JSON and event streams only, and a DRF
 `Response` is given its renderer in `finalize_response` and rendered by the handler.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.access import AccessChanged
-from apikeys.authentication import ApiCaller
+from apikeys.authentication import ApiCaller, ApiKeyAuthentication
+from gateway.core.api_request import api_request
 from gateway.core.refusals import note_refused
 from gateway.errors import ApiError, error_response
 
@@ -41,7 +45,7 @@ class AsyncApiView(APIView):
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         self.args, self.kwargs = args, kwargs
-        request.api_endpoint = self.endpoint_by_method.get(request.method or "", self.endpoint)  # type: ignore[attr-defined]
+        api_request(request).api_endpoint = self.endpoint_by_method.get(request.method or "", self.endpoint)
         drf_request = self.initialize_request(request, *args, **kwargs)
         self.request = drf_request
         self.headers: dict[str, str] = {}
@@ -50,7 +54,7 @@ class AsyncApiView(APIView):
             # A method this endpoint lacks needs no identity: 405 before the key is checked.
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
-                self.http_method_not_allowed(drf_request, *args, **kwargs)
+                raise MethodNotAllowed(drf_request.method or "")
             may_remember = self.reserves_quota and "HTTP_IDEMPOTENCY_KEY" not in request.META
             await self.perform_authentication_async(drf_request, allow_unconfirmed=may_remember)
             self.check_permissions(drf_request)
@@ -68,24 +72,27 @@ class AsyncApiView(APIView):
     async def perform_authentication_async(self, request: Request, *, allow_unconfirmed: bool) -> None:
         """DRF's Request._authenticate, awaited: the first authenticator that answers wins."""
         # Unauthenticated until an authenticator says otherwise (the throttles read request.auth meanwhile).
-        request._authenticator = None
-        request.user, request.auth = None, None
-        for authenticator in request.authenticators:
-            result = await authenticator.authenticate_async(request, allow_unconfirmed=allow_unconfirmed)
-            if result is not None:
-                request._authenticator = authenticator
-                request.user, request.auth = result
-                self.caller = result[1]
-                return
+        # `_authenticator` is what DRF's successful_authenticator reads; left unset, it would run the sync path.
+        request._authenticator = None  # type: ignore[attr-defined]
+        request.auth = None
+        for authenticator in request.authenticators or ():
+            if not isinstance(authenticator, ApiKeyAuthentication):
+                raise ImproperlyConfigured("The API surfaces authenticate asynchronously: use ApiKeyAuthentication.")
+            user, caller = await authenticator.authenticate_async(request, allow_unconfirmed=allow_unconfirmed)
+            request._authenticator = authenticator  # type: ignore[attr-defined]
+            request.user, request.auth = user, caller  # type: ignore[assignment]  # an ApiUser, not a User row
+            self.caller = caller
+            return
+        request._not_authenticated()  # type: ignore[attr-defined]
 
     def refuse(self, error: ApiError, *, cause: Exception) -> HttpResponse:
         """The error response for a refused request (EXCEPTION_HANDLER calls it), noted in the refusal record."""
-        note_refused(self.request._request, error, caller=getattr(self, "caller", None), cause=cause)
+        note_refused(api_request(self.request), error, caller=getattr(self, "caller", None), cause=cause)
         return self.error_response(error)
 
     def error_response(self, error: ApiError) -> HttpResponse:
         """`error` in this surface's shape: OpenAI's here; a surface with its own shape overrides it."""
         return error_response(error)
 
-    def raise_uncaught_exception(self, exc: Exception) -> None:
+    def raise_uncaught_exception(self, exc: Exception) -> NoReturn:
         raise exc  # gateway.asgi logs it and answers 500 in OpenAI's shape (no DEBUG pages on /v1)

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -53,7 +53,7 @@ class Completion:
 
 @dataclass(frozen=True)
 class CompletionStream:
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     headers: dict[str, str]
 
 
@@ -91,8 +91,8 @@ def upstream_error(response: UpstreamResponse, *, byok: bool) -> ApiError:
         error = json.loads(response.body).get("error")
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            param = error.get("param") if isinstance(error.get("param"), str) else None
-            code = error.get("code") if isinstance(error.get("code"), str) else None
+            param = found if isinstance(found := error.get("param"), str) else None
+            code = found if isinstance(found := error.get("code"), str) else None
         elif isinstance(error, str):
             message = error
     except (ValueError, AttributeError):
@@ -402,7 +402,7 @@ async def _proxy_admitted(
     if stream:
         upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     outcome = CallOutcome()
-    relay: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
     complete: UsageRecord | None = None  # a whole (non-streaming) response's record, built once
 
     def record() -> UsageRecord:

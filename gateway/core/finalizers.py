@@ -3,13 +3,12 @@ or the client is gone (billing records the request there, off the client's laten
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from django.http import HttpRequest
+from rest_framework.request import Request
 
-Finalizer = Callable[[], Awaitable[None]]
+from gateway.core.api_request import Finalizer, api_request
 
 
-def add_finalizer(request: HttpRequest, finalizer: Finalizer) -> None:
+def add_finalizer(request: Request | HttpRequest, finalizer: Finalizer) -> None:
     """Run `finalizer` after the response is sent, or after the client disconnected."""
-    request.api_finalizers.append(finalizer)
+    api_request(request).api_finalizers.append(finalizer)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -87,7 +87,7 @@ def _openai_error_event(error: object) -> bytes:
     return error_event(
         str(error.get("message") or "The upstream failed while streaming."),
         code=code if isinstance(code, str) and code else "upstream_error",
-        error_type=error.get("type") if isinstance(error.get("type"), str) else "server_error",
+        error_type=str(error["type"]) if isinstance(error.get("type"), str) else "server_error",
     )
 
 
@@ -97,7 +97,7 @@ def _without_usage(event: dict) -> bytes:
 
 
 async def send_event_stream(
-    events: AsyncIterator[bytes], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
+    events: AsyncGenerator[bytes, None], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
 ) -> None:
     """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
     STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
@@ -122,6 +122,8 @@ async def send_event_stream(
         with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
             await send({"type": "http.response.body", "body": heartbeat, "more_body": True})
         last_sent = loop.time()
+
+    timer: asyncio.TimerHandle
 
     def check() -> None:
         nonlocal timer, beating
@@ -153,9 +155,10 @@ async def send_event_stream(
 
 async def relay_events(
     upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     buffer = b""
     finished = False
+    assert upstream.chunks is not None, "a streamed call always has its body's chunks"
     metrics.stream_opened()
     try:
         async for chunk in upstream.chunks:
@@ -256,7 +259,9 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
 class EventStreamResponse(StreamingHttpResponse):
     """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
 
-    def __init__(self, events: AsyncIterator[bytes], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT) -> None:
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT
+    ) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8")
         self.events = events
         self.heartbeat = heartbeat  # what a silent stream sends (Anthropic's surface: an `event: ping`)

@@ -10,6 +10,7 @@ reuses this one list.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from gateway.providers.base import UpstreamCall
 
@@ -62,7 +63,7 @@ def without_upstream_control_fields(body: dict) -> dict:
 
 def strip_upstream_control_fields(call: UpstreamCall) -> UpstreamCall:
     """The call with those fields gone from its JSON body and its form fields; the rest untouched, in order."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if call.json_body is not None and not UPSTREAM_CONTROL_FIELDS.isdisjoint(call.json_body):
         changes["json_body"] = without_upstream_control_fields(call.json_body)
     if call.form_fields and not UPSTREAM_CONTROL_FIELDS.isdisjoint(call.form_fields):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from gateway.catalogue import CatalogueEntry
 from gateway.errors import ApiError, invalid_request
@@ -45,7 +46,8 @@ def _type_error(param: str, expected: str, value: object) -> ApiError:
     )
 
 
-def _optional(body: dict, name: str, kinds: tuple[type, ...], expected: str) -> object:
+def _optional(body: dict, name: str, kinds: tuple[type, ...], expected: str) -> Any:
+    """`body[name]` when it is one of `kinds` (a bool only if bool is one), None when absent; else a 400."""
     value = body.get(name)
     if value is None:
         return None

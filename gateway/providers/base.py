@@ -7,7 +7,7 @@ chunks. Streams are relayed byte for byte by gateway.core.streaming; providers n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +36,7 @@ class UpstreamCall:
     api_key: str
     request_id: str
     json_body: dict | None = None
-    form_fields: Mapping[str, str] = field(default_factory=dict)
+    form_fields: Mapping[str, str | list[str]] = field(default_factory=dict)  # repeated fields as lists
     file_field: tuple[str, bytes | object, str] | None = None  # (filename, content or file, content type)
     stream: bool = False
     raw_body: bytes | None = None  # sent as it is instead of `json_body` (the Anthropic surface's passthrough)
@@ -48,7 +48,7 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes = b""
-    chunks: AsyncIterator[bytes] | None = None
+    chunks: AsyncGenerator[bytes, None] | None = None
     release: Callable[[bool], Awaitable[None]] | None = None  # called with `finished`
 
     async def close(self, *, finished: bool = False) -> None:

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from django.conf import settings
@@ -181,7 +181,7 @@ class DemoProvider:
             for piece in _pieces(arguments, 8):
                 events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         else:
-            events.extend(chunk({"content": word}) for word in _WORD.findall(text))
+            events.extend(chunk({"content": word}) for word in _WORD.findall(text or ""))
         events.append(chunk({}, finish))
         usage_event = {**chunk({}), "choices": [], "usage": usage}
         return UpstreamResponse(
@@ -223,7 +223,7 @@ def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-async def _sse(events: list[dict], usage_event: dict) -> AsyncIterator[bytes]:
+async def _sse(events: list[dict], usage_event: dict) -> AsyncGenerator[bytes, None]:
     delay = settings.DEMO_STREAM_DELAY_SECONDS
     for event in events:
         yield b"data: " + json.dumps(event).encode() + b"\n\n"

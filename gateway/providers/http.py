@@ -20,7 +20,7 @@ import contextlib
 import functools
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 from django.conf import settings
@@ -186,7 +186,7 @@ async def post(url: str, *, headers: dict[str, str], data: bytes | aiohttp.FormD
     return UpstreamResponse(status=response.status, headers=response_headers, body=body)
 
 
-async def _relay_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _relay_chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in response.content.iter_any():
             yield chunk

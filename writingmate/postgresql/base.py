@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 from django.db.backends.postgresql import base
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
 
-def _check_or_sweep(pool: ConnectionPool, connection: object) -> None:
+def _check_or_sweep(pool: ConnectionPool, connection: Connection[Any]) -> None:
     try:
         ConnectionPool.check_connection(connection)
     except Exception:
@@ -30,7 +32,7 @@ def _check_or_sweep(pool: ConnectionPool, connection: object) -> None:
 class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self) -> ConnectionPool | None:
-        pool = super().pool
+        pool = super().pool  # type: ignore[misc]  # Django 5.1+ has it; django-stubs 5.2.9 does not declare it
         # Django passes psycopg_pool's plain check when CONN_HEALTH_CHECKS is on; wrap it once.
         if pool is not None and getattr(pool, "_check", None) is ConnectionPool.check_connection:
             pool._check = functools.partial(_check_or_sweep, pool)

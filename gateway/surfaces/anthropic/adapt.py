@@ -42,8 +42,8 @@ def adapt_request(body: dict, resolved: Resolved) -> Adaptation:
     if cap and isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > cap:
         max_tokens = replace["max_tokens"] = cap
 
-    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else None
-    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else None
+    thinking = found if isinstance(found := body.get("thinking"), dict) else None
+    config = found if isinstance(found := body.get("output_config"), dict) else None
     effort = config.get("effort") if config else None
     if resolved.stands_in and config is not None and "effort" in config:
         rest = {k: v for k, v in config.items() if k != "effort"}
@@ -56,7 +56,7 @@ def adapt_request(body: dict, resolved: Resolved) -> Adaptation:
         budget = _thinking_within(_BUDGET_BY_EFFORT.get(str(effort), _DEFAULT_BUDGET), max_tokens)
     elif thinking is not None and thinking.get("type") == "enabled" and "max_tokens" in replace:
         asked = thinking.get("budget_tokens")
-        if isinstance(asked, int) and asked >= max_tokens:
+        if isinstance(asked, int) and isinstance(max_tokens, int) and asked >= max_tokens:
             budget = _thinking_within(asked, max_tokens)
     if budget is not None:
         if budget >= MIN_THINKING_BUDGET:

@@ -14,15 +14,16 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.core.streaming import CallOutcome
 from gateway.providers.base import ProviderError, UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
-from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_text
+from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_signature
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(message_start|message_delta|message_stop|error)"')
 
@@ -60,7 +61,7 @@ class _Events:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self.buffer += chunk
-        events = []
+        events: list[bytes] = []
         while True:
             lf, crlf = self.buffer.find(b"\n\n"), self.buffer.find(b"\r\n\r\n")
             if crlf != -1 and (lf == -1 or crlf < lf):
@@ -95,7 +96,7 @@ def _complete_part(buffer: bytes) -> int:
     return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
 
 
-async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncIterator[bytes]:
+async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
     """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off.
 
     Only chunks that can hold a message_* or error event are split into events and read: the deltas
@@ -204,9 +205,11 @@ class ChatStreamTranslator:
         self.stop_reason: str | None = None
         self.usage: dict | None = None
         self.saw_tool_call = False
+        self.details: list[dict] = []  # the upstream's reasoning_details, sealed into a signature at the end
+        self.details_sent = False
 
     def start(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",
@@ -221,11 +224,30 @@ class ChatStreamTranslator:
     def _close(self) -> bytes:
         if self.open is None:
             return b""
+        out = b""
+        if self.open == "thinking" and self.details:
+            out = self._delta("signature_delta", "signature", reasoning_signature(self.details))
+            self.details_sent = True
         self.open = None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return out + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _redacted(self) -> bytes:
+        """reasoning_details that came without reasoning text: a redacted_thinking block carries them."""
+        if not self.details or self.details_sent or self.open == "thinking":
+            return b""
+        out = self._close()
+        self.index += 1
+        self.details_sent = True
+        block = {"type": "redacted_thinking", "data": reasoning_signature(self.details)}
+        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        return (
+            out
+            + sse("content_block_start", start)
+            + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        )
 
     def _open(self, kind: str, block: dict) -> bytes:
-        out = self._close()
+        out = self._close() if kind == "thinking" else self._redacted() + self._close()
         self.index += 1
         self.open = kind
         return out + sse(
@@ -256,6 +278,8 @@ class ChatStreamTranslator:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_details"):
+                merge_reasoning_details(self.details, delta["reasoning_details"])
             if thinking := reasoning_text(delta):
                 if self.open != "thinking":
                     out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
@@ -297,12 +321,13 @@ class ChatStreamTranslator:
         usage = anthropic_usage(self.usage)
         self.outcome.note_usage(usage, final=self.usage is not None)
         delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
-        return self._close() + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
+        closing = self._close() + self._redacted() + self._close()
+        return closing + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
 
 
 async def translate_chat_events(
     upstream: UpstreamResponse, *, message_id: str, model: str, outcome: MessagesOutcome
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     translator = ChatStreamTranslator(message_id=message_id, model=model, outcome=outcome)
     events = _Events()
     finished = False

@@ -18,6 +18,11 @@ _decoder = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
+def _skip_space(text: str, index: int) -> int:
+    match = _SPACE.match(text, index)
+    return match.end() if match else index  # the pattern matches the empty string, so always a match
+
+
 @dataclass(frozen=True)
 class RawBody:
     text: str
@@ -59,10 +64,10 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
     body: dict = {}
     members: dict[str, tuple[int, int, int]] = {}
     try:
-        index = _SPACE.match(text, 0).end()
+        index = _skip_space(text, 0)
         if text[index : index + 1] != "{":
             raise ValueError("not an object")
-        index = _SPACE.match(text, index + 1).end()
+        index = _skip_space(text, index + 1)
         if text[index : index + 1] == "}":
             index += 1
         else:
@@ -70,24 +75,24 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
                 if text[index : index + 1] != '"':
                     raise ValueError("expected a key")
                 start = index
-                key, index = json.decoder.scanstring(text, index + 1)
-                index = _SPACE.match(text, index).end()
+                key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]  # public, untyped
+                index = _skip_space(text, index)
                 if text[index : index + 1] != ":":
                     raise ValueError("expected ':'")
-                value_start = _SPACE.match(text, index + 1).end()
+                value_start = _skip_space(text, index + 1)
                 value, index = _decoder.raw_decode(text, value_start)
                 body[key] = value
                 members.pop(key, None)  # a repeated key: the last one wins, as in json.loads
                 members[key] = (start, value_start, index)
-                index = _SPACE.match(text, index).end()
+                index = _skip_space(text, index)
                 if text[index : index + 1] == ",":
-                    index = _SPACE.match(text, index + 1).end()
+                    index = _skip_space(text, index + 1)
                     continue
                 if text[index : index + 1] == "}":
                     index += 1
                     break
                 raise ValueError("expected ',' or '}'")
-        if _SPACE.match(text, index).end() != len(text):
+        if _skip_space(text, index) != len(text):
             raise ValueError("extra data")
     except (ValueError, RecursionError):
         raise _invalid_json() from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from accounts.access import confirm_access_epoch
 from apikeys.authentication import ApiCaller
@@ -20,6 +20,7 @@ from gateway.core import calls as services
 from gateway.core import validation
 from gateway.core.calls import Completion, CompletionStream, GatewayCall
 from gateway.core.routing import Route, route_chat
+from gateway.core.upstream_fields import UPSTREAM_CONTROL_FIELDS
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
@@ -36,9 +37,10 @@ from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
 
 ENDPOINT = "messages"  # as the ledger records it
 DEFAULT_VERSION = "2023-06-01"
-# Members a client may send that the upstream must not see: they would name another upstream or key.
-# (The OpenRouter routing fields are refused instead, as on /v1: validation.check_routing.)
-LEAVE_OUT = frozenset({"api_base", "base_url", "api_key", "extra_body", "extra_headers", "extra_query"})
+# Members that would name another upstream, key or proxy: never sent (the one list every surface uses;
+# send_upstream strips them from JSON bodies, and a passthrough body leaves them out here).
+# (The OpenRouter routing fields are refused instead, as on /v1: _check_routing.)
+LEAVE_OUT = UPSTREAM_CONTROL_FIELDS
 _ROUTING = (*validation.ROUTING_PARAMS, "fallbacks")
 
 
@@ -159,7 +161,7 @@ async def _create_admitted(
     stream = body.get("stream") is True
     claude = is_claude(entry)
     outcome = MessagesOutcome()
-    relay: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
     complete: UsageRecord | None = None
 
     def record() -> UsageRecord:
@@ -169,7 +171,7 @@ async def _create_admitted(
 
     async def finish() -> None:
         if relay is not None:
-            await relay.aclose()  # type: ignore[attr-defined]  # a stream the client left stops here
+            await relay.aclose()  # a stream the client left stops here
         counted = await finish_request(reservation=reservation, usage=complete or record())
         services.observe_outcome(endpoint=ENDPOINT, model=entry.slug, outcome=outcome, counted=counted, byok=route.byok)
 

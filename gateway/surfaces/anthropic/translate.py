@@ -14,6 +14,8 @@ import json
 import secrets
 from typing import Any
 
+from gateway.core import sealing
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.errors import ApiError, invalid_request
 
 STOP_REASONS = {
@@ -137,10 +139,17 @@ def _user_parts(blocks: list) -> tuple[list[dict], list[dict]]:
 def _assistant_message(blocks: list) -> dict:
     text: list[str] = []
     calls: list[dict] = []
+    details: list[dict] = []
     for block in blocks:
         if not isinstance(block, dict):
             continue
-        if block.get("type") == "text":
+        if block.get("type") in ("thinking", "redacted_thinking"):
+            # Ours carry the upstream's reasoning_details sealed (see reasoning_signature); Anthropic's
+            # own signatures are for Anthropic alone and are left out.
+            unsealed = sealing.unseal("reasoning", block.get("signature") or block.get("data"))
+            if isinstance(unsealed, list):
+                details.extend(unsealed)
+        elif block.get("type") == "text":
             text.append(str(block.get("text") or ""))
         elif block.get("type") == "tool_use":
             arguments = json.dumps(block.get("input") if block.get("input") is not None else {})
@@ -154,6 +163,8 @@ def _assistant_message(blocks: list) -> dict:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if calls:
         message["tool_calls"] = calls
+    if details:
+        message["reasoning_details"] = details  # OpenRouter gives them back to the provider (Gemini, o-series)
     return message
 
 
@@ -235,13 +246,20 @@ def chat_request(body: dict, *, upstream_model: str, stream: bool) -> dict:
 # ---- response ----------------------------------------------------------------------------------
 
 
-def reasoning_text(message: dict) -> str:
-    """The model's visible reasoning: OpenRouter calls it `reasoning`, some upstreams `reasoning_content`."""
-    for key in ("reasoning", "reasoning_content"):
-        value = message.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
+def reasoning_signature(details: list[dict]) -> str:
+    """A thinking block's signature: the upstream's reasoning_details sealed, so the next turn can give them
+    back (OpenRouter needs them for Gemini's thought signatures and o-series' encrypted reasoning); ""
+    when there are none. Clients keep signatures as they are, as they must for Anthropic's."""
+    return sealing.seal("reasoning", details) if details else ""
+
+
+def reasoning_blocks(text: str, details: list[dict]) -> list[dict]:
+    """The reasoning as Anthropic blocks: thinking with its text, or redacted_thinking when there is none."""
+    if text:
+        return [{"type": "thinking", "thinking": text, "signature": reasoning_signature(details)}]
+    if details:
+        return [{"type": "redacted_thinking", "data": reasoning_signature(details)}]
+    return []
 
 
 def tool_input(arguments: object) -> dict:
@@ -277,9 +295,9 @@ def message_from_chat(completion: dict, *, model: str) -> dict:
     choice = (completion.get("choices") or [{}])[0] or {}
     message = choice.get("message") or {}
     content: list[dict] = []
-    if thinking := reasoning_text(message):
-        # Not signed: only Anthropic signs thinking; a chat upstream's reasoning comes back as-is.
-        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    details: list[dict] = []
+    merge_reasoning_details(details, message.get("reasoning_details"))
+    content.extend(reasoning_blocks(reasoning_text(message), details))
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
@@ -293,7 +311,7 @@ def message_from_chat(completion: dict, *, model: str) -> dict:
             }
         )
     finish = choice.get("finish_reason")
-    stop_reason = "tool_use" if message.get("tool_calls") else STOP_REASONS.get(finish, "end_turn")
+    stop_reason = "tool_use" if message.get("tool_calls") else STOP_REASONS.get(str(finish), "end_turn")
     return {
         "id": new_message_id(),
         "type": "message",

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.request import Request
 
 from apikeys.authentication import ApiKeyAuthentication
+from gateway.core.api_request import ApiRequest, api_request
 from gateway.core.api_view import AsyncApiView
 from gateway.core.calls import CompletionStream, GatewayCall
 from gateway.core.finalizers import add_finalizer
@@ -47,13 +48,13 @@ class AnthropicView(AsyncApiView):
     authentication_classes = [AnthropicKeyAuthentication]
 
     def error_response(self, error: ApiError) -> HttpResponse:
-        return error_response(error, request_id=self.request._request.request_id)
+        return error_response(error, request_id=api_request(self.request).request_id)
 
-    def finalize_response(
+    def finalize_response(  # type: ignore[override]  # DRF's stubs say Response; /v1 also sends bytes and streams
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        response["request-id"] = request._request.request_id
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]
+        response["request-id"] = api_request(request).request_id
         return response
 
 
@@ -75,7 +76,7 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     return response
 
 
-def _parsed_body(request: HttpRequest) -> tuple[dict, RawBody]:
+def _parsed_body(request: ApiRequest) -> tuple[dict, RawBody]:
     body, raw = parse_body(request.body)
     if isinstance(body.get("model"), str):
         request.api_model = body["model"][:200]  # for the access log, metrics and the refusal record
@@ -87,7 +88,7 @@ class MessagesView(AnthropicView):
     reserves_quota = True
 
     async def post(self, request: Request) -> HttpResponseBase:
-        http_request = request._request
+        http_request = api_request(request)
         body, raw = _parsed_body(http_request)
         call = await service.create_message(
             caller=self.caller,
@@ -105,7 +106,7 @@ class CountTokensView(AnthropicView):
     endpoint = "messages.count_tokens"
 
     async def post(self, request: Request) -> HttpResponseBase:
-        body, _ = _parsed_body(request._request)
+        body, _ = _parsed_body(api_request(request))
         return _json(await service.count_tokens(caller=self.caller, body=body))
 
 

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from billing.quotas import current_budget
 from gateway import catalogue
 from gateway.core import calls
+from gateway.core.api_request import api_request
 from gateway.core.api_view import AsyncApiView
 from gateway.core.finalizers import add_finalizer
 from gateway.core.streaming import EventStreamResponse
@@ -29,12 +30,12 @@ from gateway.surfaces.openai.responses import service as responses_service
 def note_model(request: Request, model: object) -> None:
     """Label the request's metrics and access line with the model it asked for."""
     if isinstance(model, str):
-        request._request.api_model = model
+        api_request(request).api_model = model
 
 
 def respond_with(request: Request, call: calls.GatewayCall) -> HttpResponseBase:
     """The response for a gateway call; its `finish` (billing) runs once the response is out."""
-    add_finalizer(request._request, call.finish)
+    add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, calls.CompletionStream):
         return EventStreamResponse(result.chunks, headers=result.headers)
@@ -91,7 +92,7 @@ class _ProxiedJsonView(AsyncApiView):
         call = await type(self).create(
             caller=self.caller,
             body=json_object(request),
-            request_id=request._request.request_id,
+            request_id=api_request(request).request_id,
             raw_body=request.body,
             idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
         )
@@ -175,7 +176,7 @@ class TranscriptionsView(AsyncApiView):
             if fields.get("model"):
                 note_model(request, fields["model"][-1])
             call = await audio.create_transcription(
-                caller=self.caller, fields=fields, upload=upload, request_id=request._request.request_id
+                caller=self.caller, fields=fields, upload=upload, request_id=api_request(request).request_id
             )
         finally:
             # The lean handler skips response.close(), whose request.close() would close (and so

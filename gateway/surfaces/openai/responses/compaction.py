@@ -1,25 +1,19 @@
 """Compaction: a model call summarises the conversation; the summary travels as a `compaction` item.
 
 The item's `encrypted_content` is the summary, with the user's own messages verbatim (what OpenAI's
-compaction keeps), sealed with a key derived from this server's
-FIELD_ENCRYPTION_KEY (Fernet: encrypted and authenticated), so a client can replay it but not read or
-forge it, and any process of this deployment can open it. Replayed later in `input`, it becomes those
+compaction keeps), sealed (`sealing`), so a client can replay it but not
+read or forge it, and any process of this deployment can open it. Replayed later in `input`, it becomes those
 user messages and one more carrying the summary. A compaction item we cannot open (another provider's, or sealed
 under an older key) is left out rather than refused: the client's history stays usable.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import json
 import uuid
 
-from cryptography.fernet import Fernet, InvalidToken
-from django.conf import settings
+from gateway.core import sealing
 
-SEAL_PREFIX = "wmc1."
+SEAL_PREFIX = sealing.PREFIXES["compaction"]
 TRIGGER_ITEM = "compaction_trigger"
 COMPACTION_PROMPT = (
     "Compact this conversation so that it can continue from your summary alone. Write a handoff summary "
@@ -30,25 +24,13 @@ COMPACTION_PROMPT = (
 SUMMARY_PREAMBLE = "Summary of the earlier part of this conversation (compacted):\n\n"
 
 
-@functools.cache
-def _fernet() -> Fernet:
-    digest = hashlib.sha256(b"writingmate responses compaction\0" + settings.FIELD_ENCRYPTION_KEY.encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
-
-
 def seal(*, summary: str, user_messages: list[str]) -> str:
-    payload = json.dumps({"summary": summary, "user_messages": user_messages})
-    return SEAL_PREFIX + _fernet().encrypt(payload.encode()).decode()
+    return sealing.seal("compaction", {"summary": summary, "user_messages": user_messages})
 
 
 def expand(encrypted_content: object) -> list[dict] | None:
     """One of our compaction items as the chat messages the upstream sees; None if it is not ours (or not intact)."""
-    if not isinstance(encrypted_content, str) or not encrypted_content.startswith(SEAL_PREFIX):
-        return None
-    try:
-        payload = json.loads(_fernet().decrypt(encrypted_content[len(SEAL_PREFIX) :].encode()))
-    except (InvalidToken, ValueError):
-        return None
+    payload = sealing.unseal("compaction", encrypted_content)
     if not isinstance(payload, dict) or not isinstance(payload.get("summary"), str):
         return None
     messages = [

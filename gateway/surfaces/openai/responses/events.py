@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.output import (
     call_item,
     new_item_id,
     outcome_of,
     reasoning_item,
-    reasoning_text,
     refusal_part,
     response_object,
     response_usage,
@@ -48,6 +49,8 @@ class _OpenReasoning:
     item_id: str
     output_index: int
     text: str = ""
+    part_open: bool = False  # the summary part is announced with the first text
+    details: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -104,7 +107,7 @@ class ResponseEventStream:
         self._sequence += 1
         return event
 
-    def _response(self, status: str, **fields: object) -> dict:
+    def _response(self, status: str, **fields: Any) -> dict:
         return response_object(
             response_id=self.response_id,
             created_at=self.created_at,
@@ -126,35 +129,32 @@ class ResponseEventStream:
 
     # -- reasoning items: the upstream's reasoning text as one summary part --
 
+    def _open_reasoning(self) -> tuple[_OpenReasoning, list[dict]]:
+        if self._reasoning is not None:
+            return self._reasoning, []
+        events = self._close_message("completed")
+        reasoning = _OpenReasoning(item_id=new_item_id("rs"), output_index=len(self._output))
+        self._reasoning = reasoning
+        item = reasoning_item(item_id=reasoning.item_id, text="", status="in_progress")
+        self._output.append(item)
+        events.append(self._item_event("response.output_item.added", reasoning.output_index, item))
+        return reasoning, events
+
     def _reasoning_delta(self, delta: str) -> list[dict]:
-        events: list[dict] = []
-        reasoning = self._reasoning
-        if reasoning is None:
-            events.extend(self._close_message("completed"))
-            reasoning = _OpenReasoning(item_id=new_item_id("rs"), output_index=len(self._output))
-            self._reasoning = reasoning
-            item = reasoning_item(item_id=reasoning.item_id, text="", status="in_progress")
-            self._output.append(item)
-            events.append(self._item_event("response.output_item.added", reasoning.output_index, item))
+        reasoning, events = self._open_reasoning()
+        where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "summary_index": 0}
+        if not reasoning.part_open:
+            reasoning.part_open = True
             events.append(
-                self._event(
-                    "response.reasoning_summary_part.added",
-                    item_id=reasoning.item_id,
-                    output_index=reasoning.output_index,
-                    summary_index=0,
-                    part={"type": "summary_text", "text": ""},
-                )
+                self._event("response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""})
             )
         reasoning.text += delta
-        events.append(
-            self._event(
-                "response.reasoning_summary_text.delta",
-                item_id=reasoning.item_id,
-                output_index=reasoning.output_index,
-                summary_index=0,
-                delta=delta,
-            )
-        )
+        events.append(self._event("response.reasoning_summary_text.delta", **where, delta=delta))
+        return events
+
+    def _reasoning_details(self, entries: list) -> list[dict]:
+        reasoning, events = self._open_reasoning()
+        merge_reasoning_details(reasoning.details, entries)
         return events
 
     def _close_reasoning(self, status: str) -> list[dict]:
@@ -162,15 +162,20 @@ class ResponseEventStream:
         if reasoning is None:
             return []
         where = {"item_id": reasoning.item_id, "output_index": reasoning.output_index, "summary_index": 0}
-        item = reasoning_item(item_id=reasoning.item_id, text=reasoning.text, status=status)
+        item = reasoning_item(item_id=reasoning.item_id, text=reasoning.text, status=status, details=reasoning.details)
         self._output[reasoning.output_index] = item
-        return [
-            self._event("response.reasoning_summary_text.done", **where, text=reasoning.text),
-            self._event(
-                "response.reasoning_summary_part.done", **where, part={"type": "summary_text", "text": reasoning.text}
-            ),
-            self._item_event("response.output_item.done", reasoning.output_index, item),
-        ]
+        events = []
+        if reasoning.part_open:
+            events.append(self._event("response.reasoning_summary_text.done", **where, text=reasoning.text))
+            events.append(
+                self._event(
+                    "response.reasoning_summary_part.done",
+                    **where,
+                    part={"type": "summary_text", "text": reasoning.text},
+                )
+            )
+        events.append(self._item_event("response.output_item.done", reasoning.output_index, item))
+        return events
 
     # -- message items --
 
@@ -248,8 +253,8 @@ class ResponseEventStream:
         )
 
     def _call_delta(self, delta: dict) -> list[dict]:
-        index = delta.get("index") if isinstance(delta.get("index"), int) else 0
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        index = found if isinstance(found := delta.get("index"), int) else 0
+        function = found if isinstance(found := delta.get("function"), dict) else {}
         events: list[dict] = []
         call = self._calls.get(index)
         if call is None:
@@ -310,13 +315,15 @@ class ResponseEventStream:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # Responses has one output; we never ask for n > 1
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = found if isinstance(found := choice.get("delta"), dict) else {}
             if choice.get("finish_reason") is not None:
                 self._finish_reason = choice["finish_reason"]
             if self.compact:
                 if isinstance(delta.get("content"), str):
                     self._summary += delta["content"]
                 continue
+            if isinstance(delta.get("reasoning_details"), list) and delta["reasoning_details"]:
+                events.extend(self._reasoning_details(delta["reasoning_details"]))
             reasoning = reasoning_text(delta)
             if reasoning:
                 events.extend(self._reasoning_delta(reasoning))
@@ -381,7 +388,10 @@ class ResponseEventStream:
         self.ended = True
         if self._reasoning is not None:
             self._output[self._reasoning.output_index] = reasoning_item(
-                item_id=self._reasoning.item_id, text=self._reasoning.text, status="incomplete"
+                item_id=self._reasoning.item_id,
+                text=self._reasoning.text,
+                status="incomplete",
+                details=self._reasoning.details,
             )
         if self._message is not None:
             item = self._output[self._message.output_index]

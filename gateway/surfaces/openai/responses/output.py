@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from gateway.core import sealing
+from gateway.core.reasoning import merge_reasoning_details, reasoning_text
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.tools import ToolMap, custom_input
 
@@ -28,10 +30,8 @@ def response_usage(usage: object) -> dict:
     """
     usage = usage if isinstance(usage, dict) else {}
     prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    prompt_details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    completion_details = (
-        usage.get("completion_tokens_details") if isinstance(usage.get("completion_tokens_details"), dict) else {}
-    )
+    prompt_details = found if isinstance(found := usage.get("prompt_tokens_details"), dict) else {}
+    completion_details = found if isinstance(found := usage.get("completion_tokens_details"), dict) else {}
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
@@ -83,22 +83,22 @@ def call_item(
     return item
 
 
-def reasoning_item(*, item_id: str, text: str, status: str) -> dict:
-    """The upstream's visible reasoning as a reasoning item with one summary part (what Codex shows)."""
-    return {
+def reasoning_item(*, item_id: str, text: str, status: str, details: list | None = None) -> dict:
+    """The upstream's visible reasoning as a reasoning item with one summary part (what Codex shows).
+
+    OpenRouter's `reasoning_details` (the provider's reasoning blocks, signatures and encrypted
+    reasoning included) travel sealed in `encrypted_content`, so a replayed item gives them back to
+    the upstream on the next turn (a provider that checks its own reasoning blocks gets them intact).
+    """
+    item = {
         "id": item_id,
         "type": "reasoning",
         "status": status,
         "summary": [{"type": "summary_text", "text": text}] if text else [],
     }
-
-
-def reasoning_text(message: dict) -> str:
-    """The model's visible reasoning: OpenRouter calls it `reasoning`, some upstreams `reasoning_content`."""
-    for key in ("reasoning", "reasoning_content"):
-        if isinstance(message.get(key), str) and message[key]:
-            return message[key]
-    return ""
+    if details:
+        item["encrypted_content"] = sealing.seal("reasoning", details)
+    return item
 
 
 def outcome_of(finish_reason: object) -> tuple[str, dict | None]:
@@ -159,9 +159,9 @@ def response_from_chat(
 ) -> dict:
     """A whole chat completion as a Response object (for a compaction: one compaction item)."""
     tools = tools or ToolMap()
-    choices = completion.get("choices") if isinstance(completion.get("choices"), list) else []
+    choices = found if isinstance(found := completion.get("choices"), list) else []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = found if isinstance(found := choice.get("message"), dict) else {}
     finish_reason = choice.get("finish_reason")
     status, incomplete = outcome_of(finish_reason)
     item_status = "incomplete" if status == "incomplete" else "completed"
@@ -186,8 +186,10 @@ def response_from_chat(
             completed_at=completed_at if status == "completed" else None,
         )
     reasoning = reasoning_text(message)
-    if reasoning:
-        output.append(reasoning_item(item_id=new_item_id("rs"), text=reasoning, status=item_status))
+    details: list[dict] = []
+    merge_reasoning_details(details, message.get("reasoning_details"))
+    if reasoning or details:
+        output.append(reasoning_item(item_id=new_item_id("rs"), text=reasoning, status=item_status, details=details))
     text, refusal = message.get("content"), message.get("refusal")
     tool_calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     content: list[dict] = []
@@ -206,7 +208,7 @@ def response_from_chat(
             }
         )
     for call in tool_calls:
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = found if isinstance(found := call.get("function"), dict) else {}
         output.append(
             call_item(
                 tools=tools,
@@ -232,9 +234,9 @@ def response_from_chat(
 
 def compacted_response(completion: dict, *, created_at: int, input_items: list) -> dict:
     """POST /responses/compact's answer: one compaction item (the user's messages are sealed inside it)."""
-    choices = completion.get("choices") if isinstance(completion.get("choices"), list) else []
+    choices = found if isinstance(found := completion.get("choices"), list) else []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = found if isinstance(found := choice.get("message"), dict) else {}
     return {
         "id": new_item_id("cmp"),
         "object": "response.compaction",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from gateway.core import sealing
 from gateway.errors import ApiError, invalid_request
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.fields import FORWARDED
@@ -186,7 +187,11 @@ def _namespace(item: dict, param: str) -> str | None:
 
 def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
     messages: list[dict] = []
+    # Our reasoning item's details go on the assistant message that follows it (its turn's answer or calls).
+    pending: tuple[list, int] | None = None  # (reasoning_details, index of the first message that may carry them)
     for index, item in enumerate(items):
+        if pending is not None:
+            pending = _attach_reasoning(messages, pending)
         param = f"input[{index}]"
         if not isinstance(item, dict):
             raise _type_error(param, "an object", item)
@@ -215,6 +220,8 @@ def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
                 "type": "function",
                 "function": {"name": tools.upstream_name(name, _namespace(item, param)), "arguments": arguments},
             }
+            if pending is not None and pending[1] == len(messages) and messages and messages[-1]["role"] == "assistant":
+                pending = (pending[0], len(messages) - 1)  # the call joins that assistant message: so do the details
             _append_call(messages, call)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(
@@ -226,10 +233,14 @@ def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
             )
         elif kind == "compaction":
             messages.extend(compaction.expand(item.get("encrypted_content")) or [])
-        elif kind == "reasoning" or kind in _HOSTED_RECORD_ITEMS:
-            # Reasoning items are the model's own notes (another provider's are sealed for it alone);
-            # hosted-tool records have no chat form. Neither is an error: the history stays usable.
-            continue
+        elif kind == "reasoning":
+            # Ours carry the upstream's reasoning_details sealed; another provider's reasoning is sealed
+            # for that provider alone and is left out. Never an error: the history stays usable.
+            details = sealing.unseal("reasoning", item.get("encrypted_content"))
+            if isinstance(details, list) and details:
+                pending = (details, len(messages))
+        elif kind in _HOSTED_RECORD_ITEMS:
+            continue  # records of tools run elsewhere have no chat form; their results are in the text
         elif kind == "item_reference":
             raise invalid_request(
                 f"'{param}' refers to an item that was not found among this workspace's stored responses.",
@@ -249,7 +260,19 @@ def _messages_from_items(items: list, tools: ToolMap) -> list[dict]:
                 param=f"{param}.type",
                 code="invalid_value",
             )
+    if pending is not None:
+        _attach_reasoning(messages, pending)
     return messages
+
+
+def _attach_reasoning(messages: list[dict], pending: tuple[list, int]) -> tuple[list, int] | None:
+    """Put the details on the first assistant message from the pending index on; None once placed."""
+    details, start = pending
+    for message in messages[start:]:
+        if message["role"] == "assistant":
+            message.setdefault("reasoning_details", details)
+            return None
+    return pending
 
 
 def _text_format(body: dict) -> tuple[dict | None, dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from apikeys.authentication import ApiCaller
 from billing.ledger import UsageRecord, count_for
@@ -73,8 +73,8 @@ def _failure_message(payload: dict) -> str | None:
 
 
 async def _response_events(
-    relay: AsyncIterator[bytes], events: ResponseEventStream, keep: Keep
-) -> AsyncIterator[bytes]:
+    relay: AsyncGenerator[bytes, None], events: ResponseEventStream, keep: Keep
+) -> AsyncGenerator[bytes, None]:
     """Responses SSE frames for the relayed chat stream; the relay is always read to its end."""
     try:
         yield b"".join(sse_frame(event) for event in events.start())
@@ -193,8 +193,8 @@ async def _respond(
     if translation.stream:
         chat_body["stream_options"] = {"include_usage": True}  # usage goes into response.completed
     outcome = CallOutcome()
-    relay: AsyncIterator[bytes] | None = None
-    stream: AsyncIterator[bytes] | None = None
+    relay: AsyncGenerator[bytes, None] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
 
     def record() -> UsageRecord:
         return usage_record(

@@ -146,7 +146,7 @@ def _custom_description(tool: dict, param: str) -> str:
         definition = fmt.get("definition")
         if not isinstance(definition, str):
             raise _type_error(f"{param}.format.definition", "a string", definition)
-        syntax = fmt.get("syntax") if isinstance(fmt.get("syntax"), str) else "lark"
+        syntax = found if isinstance(found := fmt.get("syntax"), str) else "lark"
         lines.append(f"The text must match this {syntax} grammar:\n{definition}")
     return "\n\n".join(lines)
 
@@ -233,7 +233,7 @@ def translate_tool_choice(choice: object, mapping: ToolMap, chat_tools: list[dic
         name = choice.get("name")
         if not isinstance(name, str):
             raise _type_error("tool_choice.name", "a string", name)
-        namespace = choice.get("namespace") if isinstance(choice.get("namespace"), str) else None
+        namespace = found if isinstance(found := choice.get("namespace"), str) else None
         upstream = mapping.upstream.get((namespace, name))
         if upstream is None or mapping.by_upstream[upstream].kind != kind:
             raise invalid_request(
