@@ -848,3 +848,19 @@ def test_a_wrong_method_and_claude_codes_probe_of_the_base_url_get_anthropic_sha
 
     probe = requests.head(base_url, timeout=10)  # Claude Code's best-effort HEAD of ANTHROPIC_BASE_URL
     assert probe.status_code == 404 and probe.headers["content-type"] == "application/json"
+
+
+def test_an_appsumo_licences_cap_applies_here_as_on_v1(client, fake_upstream, caller):
+    from accounts.access import bump_access_epoch
+    from accounts.models import AppSumoLicence, AppSumoTier
+
+    tier = AppSumoTier.objects.create(slug="tiny", name="Tiny", daily_message_limit=1, monthly_message_limit=5)
+    AppSumoLicence.objects.create(licence_key="LIC-1", tier=tier, workspace=caller.workspace)
+    bump_access_epoch()
+
+    client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    wait_for_usage_events(1)
+    assert client.messages.count_tokens(model=GPT, messages=HELLO).input_tokens > 0  # free: not held to the cap
+    with pytest.raises(anthropic.RateLimitError, match=r"(?i)appsumo|daily") as raised:
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    assert raised.value.response.headers["x-ratelimit-remaining-messages"] == "0"
