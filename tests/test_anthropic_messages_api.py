@@ -864,3 +864,13 @@ def test_an_appsumo_licences_cap_applies_here_as_on_v1(client, fake_upstream, ca
     with pytest.raises(anthropic.RateLimitError, match=r"(?i)appsumo|daily") as raised:
         client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
     assert raised.value.response.headers["x-ratelimit-remaining-messages"] == "0"
+
+
+def test_a_model_without_an_upstream_here_is_not_retried(base_url, caller, settings):
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.OPENROUTER_API_KEY = ""
+    response = _post(base_url, caller.key, {"model": "claude-opus-5-5", "max_tokens": 16, "messages": HELLO})
+
+    assert response.status_code == 503 and response.json()["error"]["type"] == "api_error"
+    assert "demo/" in response.json()["error"]["message"]
+    assert response.headers["x-should-retry"] == "false"  # Claude Code would otherwise retry it ten times
