@@ -354,7 +354,14 @@ def test_claude_codes_default_request_is_accepted_for_a_translated_model(base_ur
 
 
 def test_anthropic_ids_and_claude_codes_defaults_resolve_through_aliases(client, fake_upstream):
-    for model in ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "claude-opus-5-5", "claude-haiku-5-5"):
+    for model in (
+        "claude-sonnet-4-5-20250929",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-opus-5-5",
+        "claude-sonnet-5-5",
+        "claude-haiku-5-5",
+    ):
         client.messages.create(model=model, max_tokens=16, messages=HELLO)
         assert fake_upstream.last_request.json["model"] == CLAUDE
 
