@@ -20,6 +20,7 @@ from django.test import override_settings
 from apikeys.keys import generate_key
 from writingmate.logs import (
     JsonFormatter,
+    RedactSecretsFilter,
     RequestIdFilter,
     TextFormatter,
     bind_request_id,
@@ -38,6 +39,7 @@ def captured() -> logging.Logger:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactSecretsFilter())
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("tests.logging.captured")
     logger.handlers = [handler]
@@ -123,7 +125,7 @@ class Keeping(logging.Handler):
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter("%(message)s")], ids=["json", "text"])
-def test_redaction_leaves_the_record_whole_for_the_next_handler(captured, formatter):
+def test_redaction_keeps_the_arguments_and_traceback_for_the_next_handler(captured, formatter):
     captured.handlers[0].setFormatter(formatter)
     later = Keeping()
     captured.addHandler(later)
@@ -136,9 +138,13 @@ def test_redaction_leaves_the_record_whole_for_the_next_handler(captured, format
     assert secret not in captured.stream.getvalue()
     assert "ValueError: upstream refused" in captured.stream.getvalue()
     [record] = later.records
-    assert record.args == (secret, 2) and record.msg == "failed for %s after %d tries"
+    # The arguments and the traceback are still there for the next handler, with the key masked.
+    assert record.msg == "failed for %s after %d tries" and record.args[1] == 2
+    assert record.args[0] == f"{secret[:10]}…{secret[-4:]}"
     assert record.exc_info is not None and record.exc_info[0] is ValueError
-    assert "ValueError" in logging.Formatter().formatException(record.exc_info)
+    later_line = logging.Formatter("%(message)s").format(record)
+    assert "ValueError: upstream refused" in later_line and "Traceback" in later_line
+    assert secret not in later_line
 
 
 def test_masked_forms():

@@ -1,8 +1,9 @@
 """Structured logs: a JSON formatter, the request id every line carries, and secret redaction.
 
 `bind_request_id` sets the id for the current task (gateway.asgi does it once per /v1 request);
-`RequestIdFilter` copies it onto each record; the formatters (`JsonFormatter`, `TextFormatter`) mask keys
-in the finished line and never alter the record, which other handlers share.
+`RequestIdFilter` copies it onto each record; `RedactSecretsFilter` masks keys in the record without
+losing its arguments or traceback, and the formatters (`JsonFormatter`, `TextFormatter`) mask the
+finished line once more.
 Prompts are never logged unless settings.LOG_PROMPTS is on: pass them through `loggable_prompt`.
 """
 
@@ -71,7 +72,8 @@ def log_access(scope: dict, *, status: int, duration_seconds: float) -> None:
     client = scope.get("client")
     path = scope.get("path", "")
     if scope.get("query_string"):
-        path = f"{path}?{scope['query_string'].decode('latin1')}"
+        # A key in the query string (`?api_key=...`) is masked here, at the source.
+        path = f"{path}?{redact_secrets(scope['query_string'].decode('latin1'))}"
     _access_logger.info(
         '%s - "%s %s HTTP/%s" %d %.1fms',
         f"{client[0]}:{client[1]}" if client else "-",
@@ -97,6 +99,43 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
         return True
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Masks keys in the record's message, arguments, traceback text and extra fields, keeping all of them.
+
+    Attached to handlers; the record is shared by every handler that sees it after this one, so the
+    masking must not lose anything: `args` keep their values (strings masked), `exc_info` stays (the
+    masked traceback goes to `exc_text`, which formatters print instead), so a later handler (Sentry,
+    a file) still has its arguments and traceback, without the keys.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {name: _redacted(value) for name, value in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        for name in _extra_names(record):
+            record.__dict__[name] = _redacted(record.__dict__[name])
+        return True
+
+
+def _redacted(value: object) -> object:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    encoded = _to_json(value)
+    redacted = redact_secrets(encoded)
+    return value if redacted == encoded else json.loads(redacted)
 
 
 # Record attributes that are not extra fields; uvicorn's `color_message` repeats the message with ANSI codes.

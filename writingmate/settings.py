@@ -280,6 +280,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "writingmate.logs.RequestIdFilter"},
+        "redact": {"()": "writingmate.logs.RedactSecretsFilter"},
     },
     "formatters": {
         # Both mask keys in the finished line (writingmate.logs.redact_secrets).
@@ -289,7 +290,9 @@ LOGGING = {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
+    },
     # uvicorn sets up its own loggers before Django starts; taking them over keeps one format and redaction.
     # Its access log is silenced (no handler) in favour of writingmate.logs.log_access, written after the response.
     "loggers": {
