@@ -195,17 +195,24 @@ def fake_upstream(settings) -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
-def two_gateways(transactional_db: None) -> Iterator[list]:
-    """Two uvicorn processes (tests.fault_support.running_gateway) on free ports, sharing this test's
-    PostgreSQL database and Redis, serving the demo provider."""
+def gateway_process_env() -> dict[str, str]:
+    """What two_gateways' processes add to tests.fault_support.gateway_env(): the demo provider here; a
+    test module that wants another upstream (the fake one) overrides this fixture."""
+    return {
+        "DEMO_PROVIDER_ENABLED": "1",
+        "DEMO_STREAM_DELAY_SECONDS": "0",
+        "OPENROUTER_API_KEY": "",
+        "LOG_LEVEL": "WARNING",
+        "CELERY_TASK_ALWAYS_EAGER": "1",
+    }
+
+
+@pytest.fixture
+def two_gateways(transactional_db: None, gateway_process_env: dict[str, str]) -> Iterator[list]:
+    """Two uvicorn processes (tests.fault_support.running_gateway: stderr kept, unhandled errors fail the
+    test) on free ports, sharing this test's PostgreSQL database and Redis."""
     from tests.fault_support import gateway_env, running_gateway
 
-    env = gateway_env(
-        DEMO_PROVIDER_ENABLED="1",
-        DEMO_STREAM_DELAY_SECONDS="0",
-        OPENROUTER_API_KEY="",
-        LOG_LEVEL="WARNING",
-        CELERY_TASK_ALWAYS_EAGER="1",
-    )
+    env = gateway_env(**gateway_process_env)
     with running_gateway(env) as first, running_gateway(env) as second:
         yield [first, second]

@@ -354,7 +354,14 @@ def test_claude_codes_default_request_is_accepted_for_a_translated_model(base_ur
 
 
 def test_anthropic_ids_and_claude_codes_defaults_resolve_through_aliases(client, fake_upstream):
-    for model in ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "claude-opus-5-5", "claude-haiku-5-5"):
+    for model in (
+        "claude-sonnet-4-5-20250929",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-opus-5-5",
+        "claude-sonnet-5-5",
+        "claude-haiku-5-5",
+    ):
         client.messages.create(model=model, max_tokens=16, messages=HELLO)
         assert fake_upstream.last_request.json["model"] == CLAUDE
 
@@ -848,3 +855,29 @@ def test_a_wrong_method_and_claude_codes_probe_of_the_base_url_get_anthropic_sha
 
     probe = requests.head(base_url, timeout=10)  # Claude Code's best-effort HEAD of ANTHROPIC_BASE_URL
     assert probe.status_code == 404 and probe.headers["content-type"] == "application/json"
+
+
+def test_an_appsumo_licences_cap_applies_here_as_on_v1(client, fake_upstream, caller):
+    from accounts.access import bump_access_epoch
+    from accounts.models import AppSumoLicence, AppSumoTier
+
+    tier = AppSumoTier.objects.create(slug="tiny", name="Tiny", daily_message_limit=1, monthly_message_limit=5)
+    AppSumoLicence.objects.create(licence_key="LIC-1", tier=tier, workspace=caller.workspace)
+    bump_access_epoch()
+
+    client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    wait_for_usage_events(1)
+    assert client.messages.count_tokens(model=GPT, messages=HELLO).input_tokens > 0  # free: not held to the cap
+    with pytest.raises(anthropic.RateLimitError, match=r"(?i)appsumo|daily") as raised:
+        client.messages.create(model=GPT, max_tokens=16, messages=HELLO)
+    assert raised.value.response.headers["x-ratelimit-remaining-messages"] == "0"
+
+
+def test_a_model_without_an_upstream_here_is_not_retried(base_url, caller, settings):
+    settings.DEMO_PROVIDER_ENABLED = True
+    settings.OPENROUTER_API_KEY = ""
+    response = _post(base_url, caller.key, {"model": "claude-opus-5-5", "max_tokens": 16, "messages": HELLO})
+
+    assert response.status_code == 503 and response.json()["error"]["type"] == "api_error"
+    assert "demo/" in response.json()["error"]["message"]
+    assert response.headers["x-should-retry"] == "false"  # Claude Code would otherwise retry it ten times

@@ -173,3 +173,41 @@ def test_claude_code_runs_on_a_translated_model_offline(
     lines = wait_for_usage_events(1)
     assert {(line.endpoint, line.model, line.status) for line in lines} == {("messages", "demo/echo", "succeeded")}
     assert blackhole.seen == []
+
+
+def test_claude_code_runs_its_tool_on_a_translated_model(
+    claude_code, live_server, fake_upstream, caller, tmp_path, blackhole
+):
+    """`--model openai/gpt-5-mini`: Claude Code's tools and its tool_result go through chat completions."""
+    from tests.fake_upstream import FakeReply
+
+    note = tmp_path / "note.txt"
+    note.write_text("the secret word is clementine\n")
+
+    def reply(body: dict) -> FakeReply | None:
+        messages = body.get("messages") or []
+        if any(m.get("role") == "tool" for m in messages):
+            return None  # the default: "The tool returned: ..."
+        if any(t["function"]["name"] == "Read" for t in body.get("tools") or []):
+            return FakeReply(tool=("Read", json.dumps({"file_path": str(note)})))
+        return None
+
+    fake_upstream.respond_with = reply
+    result = _run_claude(
+        claude_code,
+        base_url=f"{live_server.url}/api/anthropic",
+        key=caller.key,
+        home=tmp_path,
+        proxy=blackhole.port,
+        args=["What is in note.txt?", "--allowedTools", "Read", "--model", "openai/gpt-5-mini"],
+    )
+
+    assert "clementine" in result["result"]
+    chats = fake_upstream.requests_to("/chat/completions")
+    last = chats[-1].json["messages"]
+    [call] = [c for m in last if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    [tool] = [m for m in last if m["role"] == "tool"]
+    assert call["function"]["name"] == "Read" and tool["tool_call_id"] == call["id"]
+    assert "clementine" in tool["content"]
+    assert fake_upstream.requests_to("/messages") == []
+    assert blackhole.seen == []

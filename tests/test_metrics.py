@@ -14,7 +14,7 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from gateway import metrics
-from tests.support import make_user, wait_for_usage_events
+from tests.support import make_user, wait_for_idle_server, wait_for_usage_events
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,6 +186,7 @@ def test_a_v1_request_is_counted_with_its_endpoint_model_status_and_messages(liv
     )
     refused = requests.post(f"{live_server.v1_base}/chat/completions", json=body, headers={"Authorization": "Bearer x"})
     wait_for_usage_events(2)
+    wait_for_idle_server()  # metrics are recorded after the ledger line, once each request is done
 
     assert ok.status_code == streamed.status_code == 200 and refused.status_code == 401
     assert sample("writingmate_api_requests_total", **labels, status="200") == before["ok"] + 2

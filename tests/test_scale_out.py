@@ -35,10 +35,9 @@ KEY_BUDGET = 5
 
 
 @pytest.fixture
-def two_gateways(fake_upstream):
-    env = gateway_env(API_INVALID_KEY_LIMIT_PER_MINUTE="3")
-    with running_gateway(env) as first, running_gateway(env) as second:
-        yield first, second
+def gateway_process_env(fake_upstream) -> dict[str, str]:
+    """conftest's two_gateways, on the fake upstream (gateway_env's default) with a small invalid-key limit."""
+    return {"API_INVALID_KEY_LIMIT_PER_MINUTE": "3"}
 
 
 def test_keys_revocations_limits_and_usage_are_shared_by_two_gateway_processes(two_gateways, fake_upstream):

@@ -44,12 +44,17 @@ def error_body(*, error_type: str, message: str) -> bytes:
 
 def error_response(error: ApiError, *, request_id: str) -> HttpResponse:
     """`error` as Anthropic answers it, with `request-id` (and `retry-after` on 429 from its headers)."""
-    body = error_body(error_type=anthropic_type(error.status), message=error.message)
+    # A 503 is Anthropic's overloaded_error, except a model this server has no upstream for: not a load problem.
+    error_type = "api_error" if error.code == "upstream_not_configured" else anthropic_type(error.status)
+    body = error_body(error_type=error_type, message=error.message)
     response = HttpResponse(body, status=error.status, content_type="application/json")
     for name, value in error.headers.items():
         response[name] = value
     if error.status == 429 and "retry-after" not in error.headers:
         response["retry-after"] = "1"
+    if error.code == "upstream_not_configured":
+        # Retrying cannot help (the anthropic SDKs and Claude Code read this header before retrying a 5xx).
+        response["x-should-retry"] = "false"
     response["request-id"] = request_id
     return response
 
