@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connection
 
 from accounts.models import Plan
+from billing.ledger import LEDGER_SPOOL_KEY
 from billing.tasks import rollup_daily_message_counts_task
 from tests.fault_support import (
     GatewayProcess,
@@ -27,7 +28,8 @@ from tests.fault_support import (
     running_gateway,
     settle_ledger,
 )
-from tests.support import make_user
+from tests.support import make_user, wait_until
+from writingmate.redis_connection import sync_redis
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -185,6 +187,7 @@ def gateway_with_short_ledger_retry(proxies, fake_upstream, transactional_db) ->
         database_url=f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@127.0.0.1:{database.port}/{db['NAME']}",
         redis_url=f"redis://127.0.0.1:{redis.port}{urlparse(settings.REDIS_URL).path or '/0'}",
         BILLING_LEDGER_RETRY_SECONDS="0.5",
+        DATABASE_POOL_TIMEOUT_SECONDS="1",
         READINESS_TIMEOUT_SECONDS="1",
     )
     with running_gateway(env) as gateway:
@@ -201,7 +204,10 @@ def test_a_long_database_outage_spools_usage_to_redis_and_the_rollup_replays_it(
 
     database.cut()
     during = [gateway.chat(caller.key) for _ in range(3)]
-    time.sleep(2)  # past BILLING_LEDGER_RETRY_SECONDS: the events go to the Redis spool
+    # Past BILLING_LEDGER_RETRY_SECONDS the gateway spools the three lines to Redis: wait for exactly that.
+    # (Each write attempt first waits DATABASE_POOL_TIMEOUT_SECONDS for a connection the dead database
+    # cannot give, so the spool comes after that, not after the retry window alone: about 20 s at 10 s.)
+    wait_until(lambda: sync_redis().llen(LEDGER_SPOOL_KEY) == 3, timeout=60, message="nothing was spooled")
     database.restore()
     rollup_daily_message_counts_task()
 
@@ -222,7 +228,7 @@ def test_redis_and_the_database_down_together_fail_cleanly_and_recover(gateway, 
     ready = gateway.ready()
     database.restore()
     redis.restore()
-    time.sleep(1)
+    wait_until(lambda: gateway.ready().status_code == 200, timeout=15, message="the gateway never recovered")
     after = gateway.chat(caller.key)
 
     assert ready.status_code == 503 and ready.json()["checks"] == {"database": "unavailable", "redis": "unavailable"}
