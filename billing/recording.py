@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,6 +28,7 @@ from billing.ledger import (
 from billing.models import UsageEvent
 from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
 from billing.rollups import rollup_daily_message_counts
+from writingmate.background import one_per_event_loop
 from writingmate.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -174,26 +174,10 @@ def _roll_up(touched: set[tuple[dt.date, int]]) -> None:
         rollup_daily_message_counts(days=[day], workspace_ids={w for d, w in touched if d == day})
 
 
-_after_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RollupsAfterWrites] = weakref.WeakKeyDictionary()
+_rollups = one_per_event_loop(_RollupsAfterWrites)
 
 
-def _rollups() -> _RollupsAfterWrites:
-    loop = asyncio.get_running_loop()
-    scheduler = _after_writes.get(loop)
-    if scheduler is None:
-        scheduler = _after_writes[loop] = _RollupsAfterWrites()
-    return scheduler
-
-
-_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommitter] = weakref.WeakKeyDictionary()
-
-
-def _committer() -> _GroupCommitter:
-    loop = asyncio.get_running_loop()
-    committer = _committers.get(loop)
-    if committer is None:
-        committer = _committers[loop] = _GroupCommitter()
-    return committer
+_committer = one_per_event_loop(_GroupCommitter)
 
 
 async def finish_request(*, reservation: Reservation, usage: UsageRecord) -> int:

@@ -1,9 +1,13 @@
-"""Fire-and-forget coroutines that the event loop must not garbage-collect halfway."""
+"""Fire-and-forget coroutines that the event loop must not garbage-collect halfway, and per-loop singletons."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _running: set[asyncio.Task] = set()
 
@@ -14,3 +18,20 @@ def run_in_background(coro: Coroutine) -> asyncio.Task:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
+
+
+def one_per_event_loop(factory: Callable[[], T]) -> Callable[[], T]:
+    """A getter of one `factory()` object per running event loop (asyncio objects are bound to their loop).
+
+    Forgotten with the loop, so tests that run a fresh loop each get a fresh object.
+    """
+    objects: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+
+    def get() -> T:
+        loop = asyncio.get_running_loop()
+        found = objects.get(loop)
+        if found is None:
+            found = objects[loop] = factory()
+        return found
+
+    return get

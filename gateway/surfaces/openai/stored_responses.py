@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import secrets
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -27,6 +26,7 @@ from django.utils import timezone
 from apikeys.authentication import ApiCaller
 from gateway.errors import ApiError, invalid_request
 from gateway.models import StoredResponse, StoredResponseItem
+from writingmate.background import one_per_event_loop
 from writingmate.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -393,15 +393,7 @@ async def _save_alone(pending: _Pending) -> bool:
         return False
 
 
-_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommitter] = weakref.WeakKeyDictionary()
-
-
-def _committer() -> _GroupCommitter:
-    loop = asyncio.get_running_loop()
-    committer = _committers.get(loop)
-    if committer is None:
-        committer = _committers[loop] = _GroupCommitter()
-    return committer
+_committer = one_per_event_loop(_GroupCommitter)
 
 
 async def keep_response(*, plan: StoragePlan, caller: ApiCaller, response: dict, request_id: str) -> bool:
