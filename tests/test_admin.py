@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.test import RequestFactory
 from django.urls import reverse
 
@@ -48,7 +49,7 @@ def test_every_changelist_add_and_change_page_loads(client, superuser: User, pop
             assert client.get(add).status_code == 200, add
         instance = model._default_manager.first()
         if instance is not None:
-            change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[instance.pk])
+            change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(instance.pk)])
             assert client.get(change).status_code == 200, change
         checked.append(model)
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.core import signing
@@ -124,7 +125,7 @@ def admin_pages(superuser: User) -> list[Page]:
         if instance is None:
             problems.append(opts)
             continue
-        pages.append(Page(f"admin {opts} change", reverse(f"admin:{opts}_change", args=[instance.pk])))
+        pages.append(Page(f"admin {opts} change", reverse(f"admin:{opts}_change", args=[quote(instance.pk)])))
     assert not problems, f"create a row of {problems} in seed() so its admin change form is audited"
     pages.append(Page("admin password change", reverse("admin:password_change")))
     pages.append(Page("admin user password", reverse("admin:auth_user_password_change", args=[superuser.pk])))

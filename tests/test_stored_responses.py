@@ -14,6 +14,7 @@ import pydantic
 import pytest
 import requests
 from django.conf import settings as django_settings
+from django.contrib.admin.utils import quote
 from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
@@ -513,7 +514,7 @@ def test_staff_see_the_metadata_in_admin_but_never_the_content(client, caller, s
     admin_client.force_login(staff)
 
     changelist = admin_client.get(reverse("admin:gateway_storedresponse_changelist"))
-    change = admin_client.get(reverse("admin:gateway_storedresponse_change", args=[created.id]))
+    change = admin_client.get(reverse("admin:gateway_storedresponse_change", args=[quote(created.id)]))
 
     for page in (changelist, change):
         assert page.status_code == 200
@@ -521,6 +522,8 @@ def test_staff_see_the_metadata_in_admin_but_never_the_content(client, caller, s
         assert created.id in text and MODEL in text
         assert secret not in text and REPLY not in text
     assert "dev@example.com" in changelist.content.decode()
-    assert admin_client.post(reverse("admin:gateway_storedresponse_delete", args=[created.id])).status_code == 403
+    assert (
+        admin_client.post(reverse("admin:gateway_storedresponse_delete", args=[quote(created.id)])).status_code == 403
+    )
     assert admin_client.get(reverse("admin:gateway_storedresponse_add")).status_code == 403
     assert StoredResponse.objects.filter(pk=created.id).exists()
