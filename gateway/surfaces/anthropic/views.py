@@ -76,6 +76,16 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     return response
 
 
+_ANTHROPIC_HEADERS = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
+
+
+def _anthropic_headers(request: HttpRequest) -> dict[str, str]:
+    """anthropic-version and anthropic-beta as sent, read from META: `request.headers` would build a
+    mapping of every header of every request for these two."""
+    meta = request.META
+    return {name: meta[key] for name, key in _ANTHROPIC_HEADERS if key in meta}
+
+
 def _parsed_body(request: ApiRequest) -> tuple[dict, RawBody]:
     body, raw = parse_body(request.body)
     if isinstance(body.get("model"), str):
@@ -95,7 +105,7 @@ class MessagesView(AnthropicView):
             raw_body=http_request.body,
             body=body,
             raw=raw,
-            headers=http_request.headers,
+            headers=_anthropic_headers(http_request),
             request_id=http_request.request_id,
             idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
         )
