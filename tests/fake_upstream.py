@@ -189,7 +189,7 @@ class FakeUpstream:
     """An aiohttp server on 127.0.0.1 in a background thread with its own event loop.
 
     Every knob is a plain attribute that tests may change between requests: `reply_text`, `usage`,
-    `latency_ms`, `chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
+    `latency_ms`, `chunk_delay_ms`, `first_chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
     `always_send_usage`, `hang_seconds`, `models`, `generation_stats`, `transcript_text`,
     `transcription_usage`, `respond_with` (a function of the chat request body returning a
     `FakeReply` or None, for scripted conversations). `fail_next(kind)` queues a failure.
@@ -213,6 +213,7 @@ class FakeUpstream:
         self.usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_USAGE))
         self.latency_ms = latency_ms
         self.chunk_delay_ms: float = 0
+        self.first_chunk_delay_ms: float = 0  # silence after a stream's headers, before its first chunk
         self.chunks = 5
         self.tool_arguments = DEFAULT_TOOL_ARGUMENTS
         self.send_processing_comment = False
@@ -622,6 +623,7 @@ class FakeUpstream:
         frames = self._frames(plan, stream=True)
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        await self._sleep_ms(self.first_chunk_delay_ms)
         if self.send_processing_comment:
             await response.write(PROCESSING_COMMENT)
         content_frames = len(frames) - 1 - (1 if plan.include_usage else 0)

@@ -697,6 +697,26 @@ def test_keep_alives_are_anthropics_ping_events_between_whole_events(base_url, f
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
 
 
+def test_a_translated_stream_opens_with_message_start_even_when_keep_alives_come_first(
+    base_url, fake_upstream, caller, settings
+):
+    settings.STREAM_HEARTBEAT_SECONDS = 0.05
+    fake_upstream.first_chunk_delay_ms = 300  # silent after its headers: keep-alives are due before any event
+
+    response = _post(base_url, caller.key, {"model": GPT, "max_tokens": 64, "messages": HELLO, "stream": True})
+
+    events = _events(response.content)
+    for event in events:
+        if event["type"] != "ping":
+            EVENT.validate_python(event)
+    # message_start (with its ping) left in the first keep-alive's place; keep-alives followed it.
+    assert [e["type"] for e in events[:3]] == ["message_start", "ping", "ping"]
+    assert events[-1]["type"] == "message_stop"
+    assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == (
+        "Hello from the fake upstream."
+    )
+
+
 def test_a_large_session_fits_and_a_body_past_the_limit_is_request_too_large(base_url, fake_upstream, caller, settings):
     big = "x" * (5 * 1024 * 1024)  # past /v1's JSON limit: a Claude Code session with screenshots
     ok = _post(

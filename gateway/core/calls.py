@@ -55,6 +55,7 @@ class Completion:
 class CompletionStream:
     chunks: AsyncGenerator[bytes, None]
     headers: dict[str, str]
+    opening: bytes = b""  # what the stream opens with (Anthropic's message_start): see send_event_stream
 
 
 @dataclass(frozen=True)

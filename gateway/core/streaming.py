@@ -103,11 +103,18 @@ def _without_usage(event: dict) -> bytes:
 
 
 async def send_event_stream(
-    events: AsyncGenerator[bytes, None], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
+    events: AsyncGenerator[bytes, None],
+    send: Callable[[dict], Awaitable[None]],
+    *,
+    heartbeat: bytes = HEARTBEAT,
+    opening: bytes = b"",
 ) -> None:
     """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
     STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
     silent stream (a reasoning model thinking) open.
+
+    `opening` leaves in the same send as the first chunk (one send fewer per stream), or in the first
+    heartbeat's place if the upstream is silent that long; so it always comes first.
 
     One timer per stream, moved lazily: a sent chunk only records the time, so the hot path pays one
     clock read. A heartbeat is sent from the timer while the stream waits for its upstream; the next
@@ -117,16 +124,20 @@ async def send_event_stream(
     if interval <= 0:
         async for chunk in events:
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": opening + chunk, "more_body": True})
+                opening = b""
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
         return
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
     beating: asyncio.Task | None = None
 
     async def beat() -> None:
-        nonlocal last_sent
+        nonlocal last_sent, opening
+        body, opening = opening or heartbeat, b""
         with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
-            await send({"type": "http.response.body", "body": heartbeat, "more_body": True})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         last_sent = loop.time()
 
     timer: asyncio.TimerHandle
@@ -151,8 +162,12 @@ async def send_event_stream(
             if beating is not None:
                 await beating
                 beating = None
+            if opening:
+                chunk, opening = opening + chunk, b""
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             last_sent = loop.time()
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
     finally:
         timer.cancel()
         if beating is not None:
@@ -298,10 +313,16 @@ class EventStreamResponse(StreamingHttpResponse):
     """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        headers: dict[str, str],
+        heartbeat: bytes = HEARTBEAT,
+        opening: bytes = b"",
     ) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8")
         self.events = events
         self.heartbeat = heartbeat  # what a silent stream sends (Anthropic's surface: an `event: ping`)
+        self.opening = opening  # what it opens with (send_event_stream)
         for name, value in {**SSE_HEADERS, **headers}.items():
             self[name] = value

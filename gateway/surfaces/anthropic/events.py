@@ -309,9 +309,10 @@ class ChatStreamTranslator:
 
 
 def translate_chat_events(
-    upstream: UpstreamResponse, *, message_id: str, model: str, outcome: MessagesOutcome
+    upstream: UpstreamResponse, *, translator: ChatStreamTranslator, outcome: MessagesOutcome
 ) -> AsyncGenerator[bytes, None]:
-    translator = ChatStreamTranslator(message_id=message_id, model=model, outcome=outcome)
+    """A chat stream as Anthropic's events, from the first content block on: the stream's opening
+    (translator.start(), message_start and ping) is the caller's to send first."""
     return guard_relay(
         _translated_events(upstream, translator, outcome), upstream, outcome=outcome, error_event=_stream_error
     )
@@ -321,7 +322,6 @@ async def _translated_events(
     upstream: UpstreamResponse, translator: ChatStreamTranslator, outcome: MessagesOutcome
 ) -> AsyncGenerator[bytes, None]:
     events = _Events()
-    yield translator.start()
     assert upstream.chunks is not None
     async for chunk in upstream.chunks:
         out: list[bytes] = []
@@ -336,7 +336,7 @@ async def _translated_events(
                 outcome.finished = True
                 break
             try:
-                parsed: Any = json.loads(payload)
+                parsed: Any = json.loads(payload.decode())  # a str: json.loads skips detecting the encoding
                 if not isinstance(parsed, dict):
                     raise ValueError("not an object")
             except ValueError:

@@ -26,6 +26,7 @@ from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
 from gateway.surfaces.anthropic.adapt import Adaptation, adapt_request
 from gateway.surfaces.anthropic.events import (
+    ChatStreamTranslator,
     MessagesOutcome,
     delivered_message_text,
     relay_message_events,
@@ -197,10 +198,14 @@ async def _create_admitted(
     if stream:
         if claude:
             relay = relay_message_events(upstream, outcome=outcome)
-        else:
-            message_id = translate.new_message_id()
-            relay = translate_chat_events(upstream, message_id=message_id, model=entry.slug, outcome=outcome)
-        return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
+            return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
+        translator = ChatStreamTranslator(message_id=translate.new_message_id(), model=entry.slug, outcome=outcome)
+        relay = translate_chat_events(upstream, translator=translator, outcome=outcome)
+        # message_start and ping leave with the first translated events, in one send.
+        opening = translator.start()
+        return GatewayCall(
+            result=CompletionStream(chunks=relay, headers=response_headers, opening=opening), finish=finish
+        )
 
     answer = await services.read_completion(upstream, outcome=outcome, finish=finish)
     if (answer.get("type") == "error") if claude else not answer.get("choices"):

@@ -11,6 +11,7 @@ model's reasoning as thinking blocks, usage split into input and cache-read toke
 from __future__ import annotations
 
 import json
+import random
 import secrets
 from typing import Any
 
@@ -30,7 +31,9 @@ _DEFAULT_EFFORT = "medium"
 
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    # Unique, not secret (the client gets it and nothing is looked up by it): no getrandom syscall,
+    # which releases the GIL (see gateway.asgi.new_request_id).
+    return f"msg_{random.getrandbits(96):024x}"
 
 
 def _type_error(param: str, expected: str) -> ApiError:

@@ -69,7 +69,7 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING, opening=result.opening)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
