@@ -284,6 +284,7 @@ class PlanAdmin(BumpsAccessEpoch):
         "member_daily_message_limit",
         "allowed_model_tiers",
         "allowed_model_slugs",
+        "includes_web_search",
     ]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
