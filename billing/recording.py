@@ -28,7 +28,7 @@ from billing.ledger import (
 from billing.models import UsageEvent
 from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
 from billing.rollups import rollup_daily_message_counts
-from writingmate.background import one_per_event_loop
+from writingmate.background import GroupCommitter, one_per_event_loop
 from writingmate.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -45,32 +45,13 @@ class _Pending:
     done: asyncio.Future
 
 
-class _GroupCommitter:
-    """One per event loop: a queue of finished requests and at most one task writing them."""
+class _LedgerCommitter(GroupCommitter[_Pending]):
+    max_batch = _MAX_BATCH
 
-    def __init__(self) -> None:
-        self.queue: list[_Pending] = []
-        self.writer: asyncio.Task | None = None
+    def linger_seconds(self) -> float:
+        return settings.BILLING_LEDGER_LINGER_SECONDS
 
-    def submit(self, pending: _Pending) -> None:
-        self.queue.append(pending)
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            if len(self.queue) < _MAX_BATCH and settings.BILLING_LEDGER_LINGER_SECONDS > 0:
-                await asyncio.sleep(settings.BILLING_LEDGER_LINGER_SECONDS)
-            while self.queue:
-                batch = self.queue[:_MAX_BATCH]
-                del self.queue[:_MAX_BATCH]
-                await self._commit(batch)
-        finally:
-            self.writer = None
-            if self.queue:
-                self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def commit(self, batch: list[_Pending]) -> None:
         entries = [p.entry for p in batch]
         released = [p.reservation.request_id for p in batch if p.reservation.backend == BACKEND_DATABASE]
         try:
@@ -177,7 +158,7 @@ def _roll_up(touched: set[tuple[dt.date, int]]) -> None:
 _rollups = one_per_event_loop(_RollupsAfterWrites)
 
 
-_committer = one_per_event_loop(_GroupCommitter)
+_committer = one_per_event_loop(_LedgerCommitter)
 
 
 async def finish_request(*, reservation: Reservation, usage: UsageRecord) -> int:
