@@ -26,7 +26,7 @@ from billing.ledger import (
     write_ledger_entries_isolating,
 )
 from billing.models import UsageEvent
-from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
+from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, counters_for, settle_counters
 from billing.rollups import rollup_daily_message_counts
 from writingmate.background import GroupCommitter, one_per_event_loop
 from writingmate.db import run_db
@@ -104,13 +104,22 @@ async def _write_with_retries(entries: list[LedgerEntry], released: list[str]) -
 
 
 def _counter_settle(pending: _Pending) -> CounterSettle:
-    reservation, usage = pending.reservation, pending.entry.usage
+    reservation, entry = pending.reservation, pending.entry
+    usage = entry.usage
+    if usage.byok:  # BYOK lines are in the ledger but never in the plan's counters; a stray hold is just released
+        return CounterSettle(usage.request_id, "", 0, () if reservation.byok else reservation.counters)
+    own = {counter.key for counter in reservation.counters}
     return CounterSettle(
         request_id=usage.request_id,
         ledger_field=f"{UsageEvent.Kind.REQUEST}:{usage.request_id}",
-        # BYOK lines are in the ledger but never in the plan's counters; a stray hold is just released.
-        messages=0 if usage.byok else pending.entry.counted_messages,
-        counters=() if reservation.byok and usage.byok else reservation.counters,
+        messages=entry.counted_messages,
+        counters=reservation.counters,
+        # A limit lifted today may come back today: its counter, if kept, must not miss these messages.
+        if_present=tuple(
+            counter
+            for counter in counters_for(workspace_id=usage.workspace_id, user_id=usage.user_id, day=entry.day)
+            if counter.key not in own
+        ),
     )
 
 
