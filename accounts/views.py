@@ -95,6 +95,9 @@ class WorkspaceSwitchView(LoginRequiredMixin, View):
             workspace = services.switch_current_workspace(user=signed_in_user(request), workspace_id=workspace_id)
         except services.NotAllowed as error:
             raise Http404(str(error)) from error
+        except services.WorkspaceDeactivated as error:
+            messages.error(request, str(error))
+            return _back_to(request, fallback=reverse("settings"))
         messages.success(request, f"“{workspace.name}” is now your current workspace; the API uses it by default.")
         return _back_to(request, fallback=reverse("settings"))
 
