@@ -29,6 +29,7 @@ from accounts.forms import (
     MemberAddForm,
     MemberRoleForm,
     OpenRouterKeyForm,
+    PasswordChangeForm,
     SignupForm,
     WorkspaceCreateForm,
     WorkspaceRenameForm,
@@ -330,6 +331,13 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 @method_decorator(sensitive_post_parameters("password"), name="dispatch")
+class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = PasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return super().get_form_kwargs() | {"request": self.request}
+
+
 class EmailChangeView(LoginRequiredMixin, FormView):
     """Asks for the new address (and the password); mails a confirmation link there."""
 
@@ -337,7 +345,7 @@ class EmailChangeView(LoginRequiredMixin, FormView):
     form_class = EmailChangeForm
 
     def get_form_kwargs(self) -> dict[str, Any]:
-        return super().get_form_kwargs() | {"user": signed_in_user(self.request)}
+        return super().get_form_kwargs() | {"user": signed_in_user(self.request), "request": self.request}
 
     def form_valid(self, form: EmailChangeForm) -> HttpResponse:
         wait = take_account_mail_allowance(self.request, form.cleaned_data["new_email"])
