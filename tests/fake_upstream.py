@@ -27,6 +27,10 @@ from aiohttp import web
 
 API_PREFIX = "/api/v1"
 DEFAULT_REPLY = "Hello from the fake upstream."
+DEFAULT_WEB_RESULTS = (
+    ("https://example.org/weather/paris", "Paris weather today"),
+    ("https://news.example.com/storms", "Storm warnings"),
+)
 DEFAULT_TRANSCRIPT = "Hello from the fake transcription."
 DEFAULT_USAGE: dict[str, Any] = {
     "prompt_tokens": 12,
@@ -183,6 +187,7 @@ class _Plan:
     extra_frames: list[bytes] = field(default_factory=list)
     reasoning: str | None = None
     reasoning_details: str | None = None  # JSON of OpenRouter's reasoning_details, sent with the reasoning
+    citations: str | None = None  # JSON of the url_citation annotations of a reply that searched the web
 
 
 class FakeUpstream:
@@ -244,6 +249,9 @@ class FakeUpstream:
         self.messages_usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_MESSAGES_USAGE))
         self.messages_tool_call: tuple[str, dict[str, Any]] | None = None  # (tool name, input) to call
         self.thinking_text = "Let me think about that."
+        # Chat completions carrying OpenRouter's `openrouter:web_search` server tool: the reply cites these
+        # (url, title) as markdown links with url_citation annotations, and usage reports one search.
+        self.web_results: list[tuple[str, str]] = list(DEFAULT_WEB_RESULTS)
         self._signing_key = secrets.token_bytes(16)
         self.requests: list[RecordedRequest] = []
 
@@ -560,6 +568,10 @@ class FakeUpstream:
             reasoning = reply.reasoning if reply.reasoning is not None else reasoning
             if reply.usage is not None and failure != "absurd_usage":
                 usage = reply.usage
+        citations: list[dict[str, Any]] = []
+        if kind == "chat" and text is not None and tool is None and _offers_web_search(body):
+            text, citations = _cite(text, self.web_results)
+            usage = {**usage, "server_tool_use": {"web_search_requests": 1}}
         return _Plan(
             gen_id=self._new_id(),
             model=model,
@@ -570,6 +582,7 @@ class FakeUpstream:
             include_usage=include_usage,
             reasoning=reasoning,
             reasoning_details=json.dumps(self.reasoning_details) if reasoning and self.reasoning_details else None,
+            citations=json.dumps(citations) if citations else None,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:
@@ -589,6 +602,7 @@ class FakeUpstream:
             self.chunks,
             plan.reasoning,
             plan.reasoning_details,
+            plan.citations,
         )
         template = self._templates.get(key)
         if template is None:
@@ -972,6 +986,22 @@ def _content_text(content: Any) -> str:
     return json.dumps(content)
 
 
+def _offers_web_search(body: dict[str, Any]) -> bool:
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    return any(isinstance(tool, dict) and tool.get("type") == "openrouter:web_search" for tool in tools)
+
+
+def _cite(text: str, results: list[tuple[str, str]]) -> tuple[str, list[dict[str, Any]]]:
+    """`text` followed by a markdown link per result, and OpenRouter's annotation for each link."""
+    citations = []
+    for url, title in results:
+        link = f"[{title}]({url})"
+        text += " " + link
+        cited = {"url": url, "title": title, "content": f"What {title} says.", "start_index": len(text) - len(link)}
+        citations.append({"type": "url_citation", "url_citation": {**cited, "end_index": len(text)}})
+    return text, citations
+
+
 def _chosen_function(body: dict[str, Any]) -> str | None:
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
@@ -1049,6 +1079,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
             message["reasoning"] = plan.reasoning
         if plan.reasoning_details:
             message["reasoning_details"] = json.loads(plan.reasoning_details)
+        if plan.citations:
+            message["annotations"] = json.loads(plan.citations)
         if plan.tool:
             name, arguments = plan.tool
             message["tool_calls"] = [
@@ -1094,6 +1126,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
         parts = _split(plan.text or "", chunks)
         deltas.append({"role": "assistant", "content": parts[0]})
         deltas.extend({"content": part} for part in parts[1:])
+        if plan.citations:
+            deltas[-1]["annotations"] = json.loads(plan.citations)  # OpenRouter sends them with the last text
     frames = []
     for i, delta in enumerate(deltas):
         last = i == len(deltas) - 1

@@ -20,7 +20,7 @@ from gateway.core import calls as services
 from gateway.core import validation
 from gateway.core.calls import Completion, CompletionStream, GatewayCall
 from gateway.core.routing import Route, route_chat
-from gateway.core.upstream_fields import UPSTREAM_CONTROL_FIELDS
+from gateway.core.upstream_fields import OMITTED_TOOLS_HEADER, UPSTREAM_CONTROL_FIELDS
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
@@ -55,12 +55,13 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
             )
 
 
-async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
+async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route, Adaptation]:
     try:
         translate.check_request(body)
         resolved = await resolve_model(body.get("model"), caller.workspace, key=caller.grant)
         _check_routing(body, resolved.entry)
-        return resolved, route_chat(entry=resolved.entry, caller=caller)
+        adaptation = adapt_request(body, resolved, web_search_allowed=caller.workspace.includes_web_search)
+        return resolved, route_chat(entry=resolved.entry, caller=caller), adaptation
     except ApiError:
         if caller.unconfirmed_epoch is not None:
             # A refusal must rest on current access (a plan upgraded a moment ago, say), not on memory.
@@ -127,8 +128,7 @@ async def create_message(
     idempotency_key: str | None = None,
 ) -> GatewayCall:
     """`body` and `raw` from passthrough.parse_body of `raw_body` (the view parses, to label the request)."""
-    resolved, route = await _admit(caller, body)
-    adaptation = adapt_request(body, resolved)
+    resolved, route, adaptation = await _admit(caller, body)
     return await services.idempotently(
         caller=caller,
         idempotency_key=idempotency_key,
@@ -195,6 +195,10 @@ async def _create_admitted(
     upstream = await services.send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
 
     response_headers = reservation.budget.headers()
+    # A chat model gets no server tool at all (translate leaves them out); a Claude model those the plan includes.
+    omitted = adaptation.omitted_tools if claude else translate.server_tool_types(body)
+    if omitted:
+        response_headers[OMITTED_TOOLS_HEADER] = ",".join(omitted)
     if stream:
         if claude:
             relay = relay_message_events(upstream, outcome=outcome)

@@ -191,11 +191,21 @@ def chat_messages(body: dict) -> list[dict]:
     return out
 
 
+def _is_chat_tool(tool: object) -> bool:
+    # Server tools (web_search_..., bash_..., code_execution_...) run at Anthropic; a chat model cannot.
+    return isinstance(tool, dict) and tool.get("type") in (None, "custom") and bool(tool.get("name"))
+
+
+def server_tool_types(body: dict) -> tuple[str, ...]:
+    """The types of the tools a chat model is not offered, in request order, once each."""
+    tools = found if isinstance(found := body.get("tools"), list) else []
+    return tuple(dict.fromkeys(str(t.get("type")) for t in tools if isinstance(t, dict) and not _is_chat_tool(t)))
+
+
 def _chat_tools(tools: list) -> list[dict]:
     out = []
     for tool in tools:
-        # Server tools (web_search_..., bash_..., code_execution_...) run at Anthropic; a chat model cannot.
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or not tool.get("name"):
+        if not _is_chat_tool(tool):
             continue
         function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):

@@ -26,7 +26,7 @@ from django.utils import timezone
 from apikeys.authentication import ApiCaller
 from gateway.errors import ApiError, invalid_request
 from gateway.models import StoredResponse, StoredResponseItem
-from writingmate.background import one_per_event_loop
+from writingmate.background import GroupCommitter, one_per_event_loop
 from writingmate.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -342,31 +342,12 @@ class _Pending:
     done: asyncio.Future[bool]
 
 
-class _GroupCommitter:
-    """One per event loop. Responses that finish while a write is in flight share the next transaction,
-    so concurrent requests pay one commit (one WAL flush) between them; a lone request writes at once."""
+class _ResponseCommitter(GroupCommitter[_Pending]):
+    """Responses that finish while a write is in flight share the next transaction (one WAL flush)."""
 
-    def __init__(self) -> None:
-        self.queue: list[_Pending] = []
-        self.writer: asyncio.Task | None = None
+    max_batch = _MAX_KEEP_BATCH
 
-    def submit(self, pending: _Pending) -> None:
-        self.queue.append(pending)
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                batch = self.queue[:_MAX_KEEP_BATCH]
-                del self.queue[:_MAX_KEEP_BATCH]
-                await self._commit(batch)
-        finally:
-            self.writer = None
-            if self.queue:
-                self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def commit(self, batch: list[_Pending]) -> None:
         outcomes = [False] * len(batch)
         try:
             await run_db(_save, [p.row for p in batch], [item for p in batch for item in p.index])
@@ -393,7 +374,7 @@ async def _save_alone(pending: _Pending) -> bool:
         return False
 
 
-_committer = one_per_event_loop(_GroupCommitter)
+_committer = one_per_event_loop(_ResponseCommitter)
 
 
 async def keep_response(*, plan: StoragePlan, caller: ApiCaller, response: dict, request_id: str) -> bool:
