@@ -6,6 +6,7 @@ completions and back. Responses and stream events are validated against the SDK'
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anthropic
@@ -901,3 +902,38 @@ def test_a_model_without_an_upstream_here_is_not_retried(base_url, caller, setti
     assert response.status_code == 503 and response.json()["error"]["type"] == "api_error"
     assert "demo/" in response.json()["error"]["message"]
     assert response.headers["x-should-retry"] == "false"  # Claude Code would otherwise retry it ten times
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_claude_stream_is_relayed_as_it_came_and_read_for_billing_wherever_its_reads_are_cut(newline):
+    from gateway.providers.base import UpstreamResponse
+    from gateway.surfaces.anthropic.events import MessagesOutcome, relay_message_events
+
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": CLAUDE}
+    events = [
+        {"type": "message_start", "message": {**message, "usage": {"input_tokens": 12, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 'message_stop "error"'}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        {"type": "message_stop"},
+    ]
+    body = b"".join(
+        b"event: " + e["type"].encode() + newline + b"data: " + json.dumps(e).encode() + newline + newline
+        for e in events
+    )
+
+    async def relayed(cut: int, outcome: MessagesOutcome) -> bytes:
+        async def chunks():
+            yield body[:cut]
+            yield body[cut:]
+
+        upstream = UpstreamResponse(status=200, headers={}, chunks=chunks())
+        return b"".join([chunk async for chunk in relay_message_events(upstream, outcome=outcome)])
+
+    for cut in range(0, len(body), 5):
+        outcome = MessagesOutcome()
+        assert asyncio.run(relayed(cut, outcome)) == body
+        assert outcome.finished and outcome.status == "succeeded" and outcome.generation_id == "msg_1"
+        assert outcome.tokens == {"input_tokens": 12, "output_tokens": 7} and outcome.usage_final

@@ -86,8 +86,9 @@ def _upstream_error_message(error: object) -> str:
 
 def _event_start(buffer: bytes, position: int) -> int:
     """Where the event holding `position` begins: just after the last blank line before it."""
-    lf, crlf = buffer.rfind(b"\n\n", 0, position), buffer.rfind(b"\r\n\r\n", 0, position)
-    return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+    lf = buffer.rfind(b"\n\n", 0, position)
+    crlf = buffer.rfind(b"\r\n\r\n", lf + 1, position)  # only after the last LF one: not the whole buffer again
+    return crlf + 4 if crlf != -1 else (lf + 2 if lf != -1 else 0)
 
 
 def _stream_error(message: str, code: str) -> bytes:
@@ -121,19 +122,22 @@ async def _message_events(upstream: UpstreamResponse, outcome: MessagesOutcome) 
     # An event the upstream never finished is dropped: guard_relay's error event says what happened.
 
 
-_BILLED = re.compile(rb'message_|"error"')
+def _next_billed(whole: bytes, start: int) -> int:
+    """Where the next `message_` or `"error"` is (-1: none): two byte searches, faster than one regex."""
+    message, error = whole.find(b"message_", start), whole.find(b'"error"', start)
+    return message if error == -1 or (message != -1 and message < error) else error
 
 
 def _note_events(whole: bytes, outcome: MessagesOutcome) -> None:
     """Read what billing needs from the whole events in `whole`: only the events that can be a
     message_* or an error are cut out and read; the deltas between them (most of a stream) are not."""
-    found = _BILLED.search(whole)
-    while found is not None:
-        start = _event_start(whole, found.start())
-        index, length = next_boundary(whole, found.end())
+    found = _next_billed(whole, 0)
+    while found != -1:
+        start = _event_start(whole, found)
+        index, length = next_boundary(whole, found)
         end = len(whole) if index == -1 else index + length
         _note_event(whole[start:end], outcome)
-        found = _BILLED.search(whole, end)
+        found = _next_billed(whole, end)
 
 
 def _note_event(event: bytes, outcome: MessagesOutcome) -> None:
