@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness
 from bench.harness import log
-from bench.messages import KINDS
+from bench.messages import KINDS, start_fake_and_seed
 
 _GC_FUNCTIONS = ("visit_", "gc_collect", "traverse", "_PyObject_VisitInstanceAttributes", "type_is_gc", "IS_GC")
 
@@ -110,19 +110,12 @@ def main() -> int:
     args = parser.parse_args()
     stream = not args.whole
 
-    database_url = os.environ.get("DATABASE_URL", harness.DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("REDIS_URL", harness.DEFAULT_REDIS_URL)
     run_dir = harness.RESULTS / time.strftime("stream-instructions-%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
-    harness.ensure_database(database_url)
     rows: list[tuple[str, int, float, float]] = []
     with harness.managed_children(run_dir) as children:
-        fake_port, gateway_port = harness.free_port(), harness.free_port()
-        harness.start_fake(children, name="fake", port=fake_port, latency_ms=0)
-        env = harness.gateway_env(
-            upstream_base_url=f"http://127.0.0.1:{fake_port}/api/v1", database_url=database_url, redis_url=redis_url
-        )
-        info = harness.migrate_and_seed(env, email="bench-messages@example.com")
+        env, info = start_fake_and_seed(children)
+        gateway_port = harness.free_port()
         argv = [
             "valgrind",
             "--tool=callgrind",
