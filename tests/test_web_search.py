@@ -20,6 +20,7 @@ from django.urls import reverse
 from accounts.models import Plan, User
 from gateway.core.upstream_fields import OMITTED_TOOLS_HEADER
 from gateway.errors import ApiError
+from gateway.surfaces.openai.responses.events import ResponseEventStream
 from gateway.surfaces.openai.responses.request import chat_request_from_responses
 from gateway.surfaces.openai.responses.tools import WEB_SEARCH_MAX_TOTAL_RESULTS
 from tests.fake_upstream import DEFAULT_REPLY, DEFAULT_WEB_RESULTS
@@ -221,6 +222,63 @@ def test_a_streamed_web_search_announces_the_search_and_each_citation_in_openais
     assert search["action"]["sources"] == [{"type": "url", "url": url} for url, _ in DEFAULT_WEB_RESULTS]
     assert fake_upstream.last_request.json["tools"][0]["type"] == "openrouter:web_search"
     wait_for_usage_events(1, workspace_id=searcher.user.current_workspace_id)
+
+
+def _streamed(chunks: list[dict], **request: object) -> list[dict]:
+    translated = chat_request_from_responses(
+        {"model": "m", "input": "hi", "stream": True, **request}, web_search_allowed=True
+    )
+    events = ResponseEventStream(
+        response_id="resp_1", created_at=1, model="m", echo=translated.echo, tools=translated.tools
+    )
+    out = events.start()
+    for chunk in chunks:
+        out += events.feed(chunk)
+    out += events.finish(completed_at=2)
+    for event in out:
+        assert_sdk_conforms("ResponseStreamEvent", event)
+    return out
+
+
+def test_citations_that_arrive_before_the_text_put_the_search_before_the_message():
+    _, citations = _cited_reply()
+    annotations = [
+        {"type": "url_citation", "url_citation": {k: v for k, v in c.items() if k != "type"}} for c in citations
+    ]
+    text, _ = _cited_reply()
+    events = _streamed(
+        [
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "annotations": annotations}}]},
+            {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]},
+        ],
+        tools=[WEB_SEARCH],
+    )
+
+    search, message = events[-1]["response"]["output"]
+    assert search["type"] == "web_search_call" and message["content"][0]["annotations"] == citations
+    kinds = [e["type"] for e in events]
+    # The search is over once the answer starts; the citations are announced once their text is there.
+    assert kinds.index("response.web_search_call.completed") < kinds.index("response.content_part.added")
+    assert kinds.index("response.output_text.delta") < kinds.index("response.output_text.annotation.added")
+
+
+def test_a_search_the_usage_reports_without_citations_still_gets_its_item():
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "server_tool_use": {"web_search_requests": 2}}
+    events = _streamed(
+        [
+            {"choices": [{"index": 0, "delta": {"content": "Nothing found."}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": usage},
+        ],
+        tools=[WEB_SEARCH],
+        include=[SOURCES],
+    )
+
+    message, search = events[-1]["response"]["output"]
+    assert search["action"] == {"type": "search", "sources": []} and message["content"][0]["annotations"] == []
+    unserved = _streamed(
+        [{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}], "usage": usage}]
+    )
+    assert [item["type"] for item in unserved[-1]["response"]["output"]] == ["message"]
 
 
 @live
