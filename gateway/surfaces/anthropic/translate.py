@@ -294,7 +294,7 @@ def anthropic_usage(usage: object) -> dict:
     prompt = _count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
     cached = min(_count(details.get("cached_tokens")) if isinstance(details, dict) else 0, prompt)
-    translated = {
+    translated: dict = {
         "input_tokens": prompt - cached,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,

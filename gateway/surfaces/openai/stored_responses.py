@@ -235,7 +235,8 @@ def _resolve_references(workspace_id: int, items: list) -> list:
 
 def _plan(workspace_id: int, body: dict, store: bool, previous_id: str | None) -> StoragePlan:
     context: list = []
-    context_json, outputs = "[]", []
+    outputs: list = []
+    context_json = "[]"
     if previous_id is not None:
         previous = _load_previous(workspace_id, previous_id)
         if previous is None:
