@@ -746,6 +746,9 @@ class FakeUpstream:
                 self._finish(record)
                 return self._messages_error(400, "invalid_request_error", problem)
             content, stop_reason = self._message_content(body)
+            usage = self.messages_usage
+            if stop_reason != "tool_use" and _offers_claude_web_search(body):
+                usage = {**usage, "server_tool_use": {"web_search_requests": 1}}  # as Anthropic reports a search
             message_id = "msg_" + self._new_id().removeprefix("gen-").replace("-", "")
             model = body.get("model") if isinstance(body.get("model"), str) else "unknown"
             stream = body.get("stream") is True
@@ -753,7 +756,7 @@ class FakeUpstream:
                 record.generation_id = message_id
                 record.stream = stream
                 # /generation answers for it too, in chat terms (prompt includes cache reads and writes).
-                tokens = self.messages_usage
+                tokens = usage
                 cached = tokens.get("cache_read_input_tokens", 0)
                 self._issued[message_id] = {
                     "prompt_tokens": tokens["input_tokens"] + cached + tokens.get("cache_creation_input_tokens", 0),
@@ -761,9 +764,10 @@ class FakeUpstream:
                     "prompt_tokens_details": {"cached_tokens": cached},
                 }
             if stream:
-                response = await self._stream_message(request, message_id, model, content, stop_reason, failure, record)
+                response = await self._stream_message(
+                    request, message_id, model, content, stop_reason, usage, failure, record
+                )
             else:
-                usage = self.messages_usage
                 message = {
                     "id": message_id,
                     "type": "message",
@@ -790,13 +794,13 @@ class FakeUpstream:
         model: str,
         content: list[dict[str, Any]],
         stop_reason: str,
+        usage: dict[str, Any],
         failure: str | None,
         record: RecordedRequest | None,
     ) -> web.StreamResponse:
         def event(name: str, payload: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
-        usage = dict(self.messages_usage)
         start_usage = {**usage, "output_tokens": 1}
         frames = [
             event(
@@ -984,6 +988,11 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return json.dumps(content)
+
+
+def _offers_claude_web_search(body: dict[str, Any]) -> bool:
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    return any(isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_") for tool in tools)
 
 
 def _offers_web_search(body: dict[str, Any]) -> bool:

@@ -8,7 +8,10 @@ annotations, as OpenRouter does, and records what it was sent.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 
 import anthropic
 import openai
@@ -20,6 +23,7 @@ from django.urls import reverse
 from accounts.models import Plan, User
 from gateway.core.upstream_fields import OMITTED_TOOLS_HEADER
 from gateway.errors import ApiError
+from gateway.surfaces.openai.responses.events import ResponseEventStream
 from gateway.surfaces.openai.responses.request import chat_request_from_responses
 from gateway.surfaces.openai.responses.tools import WEB_SEARCH_MAX_TOTAL_RESULTS
 from tests.fake_upstream import DEFAULT_REPLY, DEFAULT_WEB_RESULTS
@@ -223,6 +227,63 @@ def test_a_streamed_web_search_announces_the_search_and_each_citation_in_openais
     wait_for_usage_events(1, workspace_id=searcher.user.current_workspace_id)
 
 
+def _streamed(chunks: list[dict], **request: object) -> list[dict]:
+    translated = chat_request_from_responses(
+        {"model": "m", "input": "hi", "stream": True, **request}, web_search_allowed=True
+    )
+    events = ResponseEventStream(
+        response_id="resp_1", created_at=1, model="m", echo=translated.echo, tools=translated.tools
+    )
+    out = events.start()
+    for chunk in chunks:
+        out += events.feed(chunk)
+    out += events.finish(completed_at=2)
+    for event in out:
+        assert_sdk_conforms("ResponseStreamEvent", event)
+    return out
+
+
+def test_citations_that_arrive_before_the_text_put_the_search_before_the_message():
+    _, citations = _cited_reply()
+    annotations = [
+        {"type": "url_citation", "url_citation": {k: v for k, v in c.items() if k != "type"}} for c in citations
+    ]
+    text, _ = _cited_reply()
+    events = _streamed(
+        [
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "annotations": annotations}}]},
+            {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]},
+        ],
+        tools=[WEB_SEARCH],
+    )
+
+    search, message = events[-1]["response"]["output"]
+    assert search["type"] == "web_search_call" and message["content"][0]["annotations"] == citations
+    kinds = [e["type"] for e in events]
+    # The search is over once the answer starts; the citations are announced once their text is there.
+    assert kinds.index("response.web_search_call.completed") < kinds.index("response.content_part.added")
+    assert kinds.index("response.output_text.delta") < kinds.index("response.output_text.annotation.added")
+
+
+def test_a_search_the_usage_reports_without_citations_still_gets_its_item():
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "server_tool_use": {"web_search_requests": 2}}
+    events = _streamed(
+        [
+            {"choices": [{"index": 0, "delta": {"content": "Nothing found."}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": usage},
+        ],
+        tools=[WEB_SEARCH],
+        include=[SOURCES],
+    )
+
+    message, search = events[-1]["response"]["output"]
+    assert search["action"] == {"type": "search", "sources": []} and message["content"][0]["annotations"] == []
+    unserved = _streamed(
+        [{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}], "usage": usage}]
+    )
+    assert [item["type"] for item in unserved[-1]["response"]["output"]] == ["message"]
+
+
 @live
 def test_a_stored_response_with_a_search_is_kept_and_continued(live_server, fake_upstream, searcher):
     client = _openai(live_server, searcher)
@@ -389,3 +450,91 @@ def test_a_translated_model_names_the_server_tools_it_cannot_run(live_server, fa
 
     assert raw.headers[OMITTED_TOOLS_HEADER] == "web_search_20250305"
     assert [t["function"]["name"] for t in fake_upstream.last_request.json["tools"]] == ["get_weather"]
+
+
+# ---- the ledger keeps each request's searches (OpenRouter bills them one by one) -------------------
+
+
+def _ledger_searches(user) -> list[int]:
+    return [e.web_search_requests for e in wait_for_usage_events(2, workspace_id=user.user.current_workspace_id)]
+
+
+@live
+def test_a_responses_search_is_kept_on_its_ledger_line_whole_and_streamed(live_server, fake_upstream, searcher):
+    client = _openai(live_server, searcher)
+    client.responses.create(model=MODEL, input="Weather?", tools=[WEB_SEARCH])
+    with client.responses.stream(model=MODEL, input="Weather?", tools=[WEB_SEARCH]) as stream:
+        final = stream.get_final_response()
+
+    assert "web_search_call" in [item.type for item in final.output]
+    assert _ledger_searches(searcher) == [1, 1]
+
+
+@live
+def test_searches_do_not_change_the_message_count(live_server, fake_upstream, searcher):
+    client = _openai(live_server, searcher)
+    client.responses.create(model=MODEL, input="Weather?")
+    client.responses.create(model=MODEL, input="Weather?", tools=[WEB_SEARCH])
+
+    plain, searched = wait_for_usage_events(2, workspace_id=searcher.user.current_workspace_id)
+    assert (plain.web_search_requests, searched.web_search_requests) == (0, 1)
+    assert searched.counted_messages == plain.counted_messages  # same tokens, same messages
+
+
+@live
+def test_searches_a_chat_completion_reports_are_kept_whole_and_streamed(live_server, fake_upstream, searcher):
+    # OpenRouter reports searches on chat completions too (a web plugin, an :online model).
+    fake_upstream.usage = {**fake_upstream.usage, "server_tool_use": {"web_search_requests": 3}}
+    client = _openai(live_server, searcher)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "News?"}])
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "News?"}], stream=True)
+    )
+
+    assert chunks
+    assert _ledger_searches(searcher) == [3, 3]
+
+
+@live
+def test_claudes_searches_are_kept_whole_and_streamed_and_the_client_sees_them(live_server, fake_upstream, searcher):
+    whole = _claude(live_server, searcher, tools=[CLAUDE_WEB_SEARCH]).parse()
+    with _anthropic(live_server, searcher).messages.stream(
+        model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "Weather?"}], tools=[CLAUDE_WEB_SEARCH]
+    ) as stream:
+        streamed = stream.get_final_message()
+
+    assert whole.usage.server_tool_use.web_search_requests == 1
+    assert streamed.usage.server_tool_use.web_search_requests == 1
+    assert _ledger_searches(searcher) == [1, 1]
+
+
+@live
+def test_searches_behind_a_translated_messages_request_are_kept_and_reported_in_anthropics_usage(
+    live_server, fake_upstream, searcher
+):
+    fake_upstream.usage = {**fake_upstream.usage, "server_tool_use": {"web_search_requests": 2}}
+    client = _anthropic(live_server, searcher)
+    whole = client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "News?"}])
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "News?"}]) as stream:
+        streamed = stream.get_final_message()
+
+    assert whole.usage.server_tool_use.web_search_requests == 2
+    assert streamed.usage.server_tool_use.web_search_requests == 2
+    assert _ledger_searches(searcher) == [2, 2]
+
+
+@live
+def test_staff_see_the_searches_in_the_ledger_admin_and_its_csv(live_server, fake_upstream, searcher):
+    _openai(live_server, searcher).responses.create(model=MODEL, input="Weather?", tools=[WEB_SEARCH])
+    [event] = wait_for_usage_events(1, workspace_id=searcher.user.current_workspace_id)
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("root@example.com"))
+
+    listing = staff.get(reverse("admin:billing_usageevent_changelist")).content.decode()
+    assert "Web searches" in listing
+    line = staff.get(reverse("admin:billing_usageevent_change", args=[event.pk])).content.decode()
+    shown = re.search(r'field-web_search_requests.*?class="readonly">([^<]*)<', line, re.S)
+    assert shown is not None and shown.group(1) == "1"
+    exported = staff.get(reverse("admin:billing_usageevent_export_csv"))
+    [row] = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
+    assert row["web_search_requests"] == "1" and row["request_id"] == event.request_id

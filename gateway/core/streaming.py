@@ -45,6 +45,14 @@ class CallOutcome:
     finished: bool = False  # the upstream's stream reached its end marker ([DONE], message_stop)
 
 
+def web_search_requests(usage: object) -> int:
+    """How many hosted web searches an upstream's usage reports: `server_tool_use.web_search_requests`,
+    spelled alike in OpenRouter's chat usage and Anthropic's Messages usage. 0 when absent or absurd."""
+    server = usage.get("server_tool_use") if isinstance(usage, dict) else None
+    count = server.get("web_search_requests") if isinstance(server, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 10**6 else 0
+
+
 def error_event(message: str, *, code: str, error_type: str = "server_error") -> bytes:
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"

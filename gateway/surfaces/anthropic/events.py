@@ -19,7 +19,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
-from gateway.core.streaming import CallOutcome, data_of, guard_relay, next_boundary
+from gateway.core.streaming import CallOutcome, data_of, guard_relay, next_boundary, web_search_requests
 from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
 from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_signature
@@ -34,10 +34,13 @@ class MessagesOutcome(CallOutcome):
     tokens: dict[str, int] = field(default_factory=dict)  # Anthropic usage: input, cache read/creation, output
     usage_final: bool = False  # the upstream's final usage arrived (message_delta, or a whole response)
     text: list[str] = field(default_factory=list)  # what a translated stream delivered, for an estimate
+    web_search_requests: int = 0  # usage.server_tool_use, when the upstream ran hosted searches
 
     def note_usage(self, usage: object, *, final: bool) -> None:
         if not isinstance(usage, dict):
             return
+        # Anthropic's usage is cumulative: message_delta repeats what message_start said, and more.
+        self.web_search_requests = max(self.web_search_requests, web_search_requests(usage))
         for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:

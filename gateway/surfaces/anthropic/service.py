@@ -106,6 +106,7 @@ def usage_record(
         latency_ms=int((time.monotonic() - outcome.started) * 1000),
         generation_id=outcome.generation_id,
         tokens_estimated=estimated,
+        web_search_requests=outcome.web_search_requests,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.core import sealing
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.errors import ApiError, invalid_request
 
 STOP_REASONS = {
@@ -296,12 +297,15 @@ def anthropic_usage(usage: object) -> dict:
     prompt = _count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
     cached = min(_count(details.get("cached_tokens")) if isinstance(details, dict) else 0, prompt)
-    return {
+    translated: dict = {
         "input_tokens": prompt - cached,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
         "output_tokens": _count(usage.get("completion_tokens")),
     }
+    if searches := web_search_requests(usage):
+        translated["server_tool_use"] = {"web_search_requests": searches}  # Anthropic's spelling is OpenRouter's
+    return translated
 
 
 def message_from_chat(completion: dict, *, model: str) -> dict:

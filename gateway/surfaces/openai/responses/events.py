@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.output import (
     call_item,
@@ -20,7 +21,6 @@ from gateway.surfaces.openai.responses.output import (
     text_part,
     url_citations,
     web_search_item,
-    web_searches,
 )
 from gateway.surfaces.openai.responses.tools import CustomInputStream, ToolMap
 
@@ -434,7 +434,7 @@ class ResponseEventStream:
             events.append(self._item_event("response.output_item.done", 0, item))
         else:
             events.extend(self._close_reasoning(item_status))
-            if self.tools.web_search and web_searches(self._usage):
+            if self.tools.web_search and web_search_requests(self._usage):
                 events.extend(self._open_search())  # searches the usage reports, with no citations to show
             events.extend(self._close_search(item_status))
             if self._message is None and not any(

@@ -6,6 +6,7 @@ import uuid
 
 from gateway.core import sealing
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.tools import ToolMap, custom_input
 
@@ -72,12 +73,6 @@ def url_citations(annotations: object) -> list[dict]:
             }
         )
     return citations
-
-
-def web_searches(usage: object) -> int:
-    """How many searches the upstream reports having run (OpenRouter's usage.server_tool_use)."""
-    server = usage.get("server_tool_use") if isinstance(usage, dict) else None
-    return _count(server.get("web_search_requests")) if isinstance(server, dict) else 0
 
 
 def web_search_item(*, item_id: str, status: str, citations: list[dict], sources: bool) -> dict:
@@ -233,7 +228,7 @@ def response_from_chat(
     text, refusal = message.get("content"), message.get("refusal")
     tool_calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     citations = url_citations(message.get("annotations")) if tools.web_search else []
-    if citations or (tools.web_search and web_searches(completion.get("usage"))):
+    if citations or (tools.web_search and web_search_requests(completion.get("usage"))):
         output.append(
             web_search_item(
                 item_id=new_item_id("ws"), status="completed", citations=citations, sources=tools.search_sources
