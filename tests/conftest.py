@@ -53,8 +53,8 @@ def using_postgres() -> bool:
 
 def _empty_tables_by_deleting() -> None:
     """Transactional tests (every live-server test) empty the database after each test. PostgreSQL's
-    TRUNCATE gives every table new files and costs ~0.5 to 0.9 s here, which was most of the PostgreSQL
-    half's time; deleting the few rows a test wrote costs milliseconds. LOCK TABLE first waits for
+    TRUNCATE gives every table new files: ~0.1 s a test here, up to 0.9 s when the machine is busy;
+    deleting the few rows a test wrote costs milliseconds. LOCK TABLE first waits for
     writers still in flight (the server's ledger, gateway processes), as TRUNCATE's own lock does, so
     none of their rows outlives the test. Every foreign key is DEFERRABLE INITIALLY DEFERRED and the
     flush runs in one transaction, so the order of the DELETEs does not matter."""
@@ -234,7 +234,7 @@ def live_server(transactional_db: None, _uvicorn_server: LiveServer) -> Iterator
     # A request's ledger line is written after its response: let it land before the database is
     # flushed, or it would turn up in the next test. Refusals the server counted are written now rather
     # than at its writer's next flush, up to REFUSAL_FLUSH_SECONDS (2 s) away: waiting for that timer
-    # was most of the suite's time on PostgreSQL.
+    # cost ~2 s in every test that made a refused request.
     from billing.refusals import flush_refusals_sync
     from writingmate.asgi import application
 
