@@ -44,6 +44,8 @@ class WorkspaceAccess:
     licence_tier: str | None = None
     licence_daily_message_limit: int | None = None
     licence_monthly_message_limit: int | None = None
+    # Defaults to False so a snapshot cached before the field existed grants nothing new.
+    includes_web_search: bool = False
 
     def allows_model(self, *, slug: str, tier: str) -> bool:
         return tier in self.allowed_model_tiers or slug in self.allowed_model_slugs
@@ -109,6 +111,7 @@ def load_user_access(*, user_id: int) -> UserAccess | None:
             member_daily_message_limit=plan.member_daily_message_limit,
             allowed_model_tiers=tuple(plan.allowed_model_tiers),
             allowed_model_slugs=tuple(plan.allowed_model_slugs),
+            includes_web_search=plan.includes_web_search,
             licence_id=licence.pk if licence else None,
             licence_tier=licence.tier.slug if licence else None,
             licence_daily_message_limit=licence.tier.daily_message_limit if licence else None,

@@ -164,7 +164,9 @@ class UserAdmin(DeactivatedNotDeleted, BumpsAccessEpoch, DjangoUserAdmin):
         self.message_user(request, f"Reactivated {changed} user(s).", messages.SUCCESS)
 
 
-class WorkspaceActiveFilter(admin.SimpleListFilter):
+class DeactivatedFilter(admin.SimpleListFilter):
+    """Active or deactivated, for the models that are deactivated instead of deleted."""
+
     title = "status"
     parameter_name = "status"
 
@@ -181,8 +183,8 @@ class WorkspaceActiveFilter(admin.SimpleListFilter):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(DeactivatedNotDeleted, BumpsAccessEpoch):
-    list_display = ["name", "id", "plan", "member_count", "active_licence", "deactivated_at", "created_at"]
-    list_filter = [WorkspaceActiveFilter, "plan", "created_at"]
+    list_display = ["name", "id", "plan", "owners", "member_count", "active_licence", "deactivated_at", "created_at"]
+    list_filter = [DeactivatedFilter, "plan", "created_at"]
     actions = ["deactivate_selected", "reactivate_selected"]
     search_fields = ["name", "=id", "memberships__user__email"]
     list_select_related = ["plan"]
@@ -190,7 +192,7 @@ class WorkspaceAdmin(DeactivatedNotDeleted, BumpsAccessEpoch):
     readonly_fields = ["created_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
-        return super().get_queryset(request).prefetch_related("memberships", "appsumo_licences__tier")
+        return super().get_queryset(request).prefetch_related("memberships__user", "appsumo_licences__tier")
 
     @admin.action(description="Deactivate selected workspaces (the API stops serving them)", permissions=["change"])
     def deactivate_selected(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> None:
@@ -205,6 +207,11 @@ class WorkspaceAdmin(DeactivatedNotDeleted, BumpsAccessEpoch):
         self.message_user(request, f"Reactivated {changed} workspace(s).", messages.SUCCESS)
 
     @admin.display(description="members")
+    @admin.display(description="Owners")
+    def owners(self, obj: Workspace) -> str:
+        emails = [m.user.email for m in obj.memberships.all() if m.role == Membership.Role.OWNER]
+        return ", ".join(sorted(emails)) or "—"
+
     def member_count(self, obj: Workspace) -> int:
         return len(obj.memberships.all())
 
@@ -284,6 +291,7 @@ class PlanAdmin(BumpsAccessEpoch):
         "member_daily_message_limit",
         "allowed_model_tiers",
         "allowed_model_slugs",
+        "includes_web_search",
     ]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
@@ -295,25 +303,10 @@ class AppSumoTierAdmin(BumpsAccessEpoch):
     search_fields = ["slug", "name"]
 
 
-class LicenceActiveFilter(admin.SimpleListFilter):
-    title = "status"
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("active", "Active"), ("deactivated", "Deactivated")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "active":
-            return queryset.filter(deactivated_at__isnull=True)
-        if self.value() == "deactivated":
-            return queryset.filter(deactivated_at__isnull=False)
-        return queryset
-
-
 @admin.register(AppSumoLicence)
 class AppSumoLicenceAdmin(BumpsAccessEpoch):
     list_display = ["licence_key", "tier", "workspace", "activated_at", "deactivated_at"]
-    list_filter = [LicenceActiveFilter, "tier", "activated_at"]
+    list_filter = [DeactivatedFilter, "tier", "activated_at"]
     search_fields = ["licence_key", "workspace__name", "=workspace__id", "workspace__memberships__user__email"]
     list_select_related = ["tier", "workspace"]
     autocomplete_fields = ["workspace"]

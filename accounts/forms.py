@@ -7,8 +7,23 @@ from typing import Any
 from django import forms
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
+from django.http import HttpRequest
 
+from accounts.login_throttling import note_login_failure, seconds_until_allowed
 from accounts.models import Membership, User, Workspace
+
+
+def check_current_password(request: HttpRequest | None, user: User, password: str) -> None:
+    """Raise unless `password` is the user's. A wrong guess counts as a failed sign-in from this address,
+    so a session left open somewhere cannot be used to guess the password faster than the login page."""
+    wait = seconds_until_allowed(request, user.email)
+    if wait:
+        raise forms.ValidationError(
+            f"Too many wrong passwords. Try again in {max(1, round(wait / 60))} minute(s).", code="throttled"
+        )
+    if not user.check_password(password):
+        note_login_failure(request, user.email)
+        raise forms.ValidationError("That is not your current password.", code="password_incorrect")
 
 
 class SignupForm(forms.Form):
@@ -57,9 +72,10 @@ class EmailChangeForm(forms.Form):
         help_text="So that nobody who finds your computer signed in can take over the account.",
     )
 
-    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User, request: HttpRequest | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
+        self.request = request
 
     def clean_new_email(self) -> str:
         email = User.normalize_username(self.cleaned_data["new_email"])
@@ -71,9 +87,21 @@ class EmailChangeForm(forms.Form):
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]
-        if not self.user.check_password(password):
-            raise forms.ValidationError("That is not your current password.")
+        check_current_password(self.request, self.user, password)
         return password
+
+
+class PasswordChangeForm(auth_forms.PasswordChangeForm):
+    """Django's form, with the current password checked as sign-ins are (throttled per address)."""
+
+    def __init__(self, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        old_password = self.cleaned_data["old_password"]
+        check_current_password(self.request, self.user, old_password)
+        return old_password
 
 
 class WorkspaceCreateForm(forms.Form):

@@ -31,6 +31,11 @@ class Plan(models.Model):
     allowed_model_slugs = models.JSONField(
         default=list, blank=True, help_text="Extra models allowed by exact slug, whatever their tier."
     )
+    includes_web_search = models.BooleanField(
+        default=False,
+        help_text="Hosted web search (OpenAI's web_search tool, Claude's web search and web fetch server tools) "
+        "is served; without it those tools are left out of the upstream call.",
+    )
 
     class Meta:
         ordering = ["id"]

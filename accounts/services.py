@@ -43,6 +43,10 @@ class LastOwner(WorkspaceRuleError):
     pass
 
 
+class WorkspaceDeactivated(WorkspaceRuleError):
+    pass
+
+
 class EmailTaken(Exception):
     pass
 
@@ -118,6 +122,11 @@ def switch_current_workspace(*, user: User, workspace_id: int) -> Workspace:
     membership = Membership.objects.select_related("workspace").filter(user=user, workspace_id=workspace_id).first()
     if membership is None:
         raise NotAllowed("You are not a member of that workspace.")
+    if membership.workspace.deactivated_at is not None:
+        raise WorkspaceDeactivated(
+            f"“{membership.workspace.name}” is deactivated: the API does not serve it, so it cannot be your "
+            "current workspace. Contact support to have it reactivated."
+        )
     with transaction.atomic():
         user.current_workspace = membership.workspace
         user.save(update_fields=["current_workspace"])

@@ -11,7 +11,7 @@ urlpatterns = [
     path("signup/", views.SignupView.as_view(), name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("settings/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("settings/password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("settings/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path(
         "password-reset/",

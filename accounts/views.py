@@ -29,6 +29,7 @@ from accounts.forms import (
     MemberAddForm,
     MemberRoleForm,
     OpenRouterKeyForm,
+    PasswordChangeForm,
     SignupForm,
     WorkspaceCreateForm,
     WorkspaceRenameForm,
@@ -95,6 +96,9 @@ class WorkspaceSwitchView(LoginRequiredMixin, View):
             workspace = services.switch_current_workspace(user=signed_in_user(request), workspace_id=workspace_id)
         except services.NotAllowed as error:
             raise Http404(str(error)) from error
+        except services.WorkspaceDeactivated as error:
+            messages.error(request, str(error))
+            return _back_to(request, fallback=reverse("settings"))
         messages.success(request, f"“{workspace.name}” is now your current workspace; the API uses it by default.")
         return _back_to(request, fallback=reverse("settings"))
 
@@ -327,6 +331,13 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 @method_decorator(sensitive_post_parameters("password"), name="dispatch")
+class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = PasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return super().get_form_kwargs() | {"request": self.request}
+
+
 class EmailChangeView(LoginRequiredMixin, FormView):
     """Asks for the new address (and the password); mails a confirmation link there."""
 
@@ -334,7 +345,7 @@ class EmailChangeView(LoginRequiredMixin, FormView):
     form_class = EmailChangeForm
 
     def get_form_kwargs(self) -> dict[str, Any]:
-        return super().get_form_kwargs() | {"user": signed_in_user(self.request)}
+        return super().get_form_kwargs() | {"user": signed_in_user(self.request), "request": self.request}
 
     def form_valid(self, form: EmailChangeForm) -> HttpResponse:
         wait = take_account_mail_allowance(self.request, form.cleaned_data["new_email"])

@@ -83,6 +83,19 @@ def measure(
     return data
 
 
+def start_fake_and_seed(children: harness.Children) -> tuple[dict[str, str], dict[str, Any]]:
+    """The fake upstream started; the gateway's environment (DATABASE_URL, REDIS_URL) and a seeded key."""
+    database_url = os.environ.get("DATABASE_URL", harness.DEFAULT_DATABASE_URL)
+    redis_url = os.environ.get("REDIS_URL", harness.DEFAULT_REDIS_URL)
+    harness.ensure_database(database_url)
+    fake_port = harness.free_port()
+    harness.start_fake(children, name="fake", port=fake_port, latency_ms=0)
+    env = harness.gateway_env(
+        upstream_base_url=f"http://127.0.0.1:{fake_port}/api/v1", database_url=database_url, redis_url=redis_url
+    )
+    return env, harness.migrate_and_seed(env, email="bench-messages@example.com")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5)
@@ -90,19 +103,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL", harness.DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("REDIS_URL", harness.DEFAULT_REDIS_URL)
     run_dir = harness.RESULTS / time.strftime("messages-%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
-    harness.ensure_database(database_url)
     results: dict[str, dict[str, list[float]]] = {}
     with harness.managed_children(run_dir) as children:
-        fake_port, gateway_port = harness.free_port(), harness.free_port()
-        harness.start_fake(children, name="fake", port=fake_port, latency_ms=0)
-        env = harness.gateway_env(
-            upstream_base_url=f"http://127.0.0.1:{fake_port}/api/v1", database_url=database_url, redis_url=redis_url
-        )
-        info = harness.migrate_and_seed(env, email="bench-messages@example.com")
+        env, info = start_fake_and_seed(children)
+        gateway_port = harness.free_port()
         gateway = harness.start_gateway(children, name="gateway", port=gateway_port, workers=1, env=env)
         base = f"http://127.0.0.1:{gateway_port}"
         for kind in KINDS:  # warm up every path once

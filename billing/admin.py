@@ -141,6 +141,7 @@ class UsageEventAdmin(NamesAndTotals):
         "status",
         "counted_messages",
         "tokens",
+        "web_search_requests",
         "byok",
     )
     list_display_links = ("created_at",)
@@ -171,7 +172,7 @@ class UsageEventAdmin(NamesAndTotals):
         ("Messages", "counted_messages"),
         ("Input tokens", "prompt_tokens"),
     )
-    totals += (("Output tokens", "completion_tokens"),)
+    totals += (("Output tokens", "completion_tokens"), ("Web searches", "web_search_requests"))
     actions = ("export_selected_csv",)
 
     def total_figures(self, queryset: QuerySet) -> list[tuple[str, int]]:

@@ -32,6 +32,7 @@ CSV_COLUMNS = (
     "byok",
     "tokens_estimated",
     "generation_id",
+    "web_search_requests",
     "latency_ms",
     "workspace_id",
     "user_id",

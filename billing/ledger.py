@@ -51,6 +51,7 @@ class UsageRecord:
     latency_ms: int
     generation_id: str = ""
     tokens_estimated: bool = False
+    web_search_requests: int = 0  # as the upstream reports them; not part of the message count
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ _LEDGER_COLUMNS = (
     "status",
     "tokens_estimated",
     "generation_id",
+    "web_search_requests",
     "latency_ms",
     "day",
     "created_at",
@@ -142,6 +144,7 @@ def _ledger_row(entry: LedgerEntry) -> tuple:
         usage.status,
         usage.tokens_estimated,
         _text(usage.generation_id, 200),
+        min(max(0, usage.web_search_requests), 2**31 - 1),
         min(max(0, usage.latency_ms), 2**31 - 1),
         ops.adapt_datefield_value(entry.day),
         ops.adapt_datetimefield_value(entry.created_at),

@@ -43,6 +43,11 @@ class UsageEvent(models.Model):
     status = models.CharField(max_length=24, choices=Status.choices)
     tokens_estimated = models.BooleanField(default=False, help_text="Counted with tiktoken, not upstream figures.")
     generation_id = models.CharField(max_length=200, blank=True)
+    web_search_requests = models.IntegerField(
+        default=0,
+        db_default=0,
+        help_text="Hosted web searches the upstream reports running (billed by OpenRouter per search).",
+    )
     latency_ms = models.IntegerField(default=0)
     day = models.DateField(help_text="The billing day (BILLING_DAY_TIMEZONE).")
     created_at = models.DateTimeField(default=timezone.now)

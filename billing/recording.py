@@ -26,9 +26,9 @@ from billing.ledger import (
     write_ledger_entries_isolating,
 )
 from billing.models import UsageEvent
-from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, settle_counters
+from billing.quotas import BACKEND_DATABASE, CounterSettle, Reservation, counters_for, settle_counters
 from billing.rollups import rollup_daily_message_counts
-from writingmate.background import one_per_event_loop
+from writingmate.background import GroupCommitter, one_per_event_loop
 from writingmate.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -45,32 +45,13 @@ class _Pending:
     done: asyncio.Future
 
 
-class _GroupCommitter:
-    """One per event loop: a queue of finished requests and at most one task writing them."""
+class _LedgerCommitter(GroupCommitter[_Pending]):
+    max_batch = _MAX_BATCH
 
-    def __init__(self) -> None:
-        self.queue: list[_Pending] = []
-        self.writer: asyncio.Task | None = None
+    def linger_seconds(self) -> float:
+        return settings.BILLING_LEDGER_LINGER_SECONDS
 
-    def submit(self, pending: _Pending) -> None:
-        self.queue.append(pending)
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            if len(self.queue) < _MAX_BATCH and settings.BILLING_LEDGER_LINGER_SECONDS > 0:
-                await asyncio.sleep(settings.BILLING_LEDGER_LINGER_SECONDS)
-            while self.queue:
-                batch = self.queue[:_MAX_BATCH]
-                del self.queue[:_MAX_BATCH]
-                await self._commit(batch)
-        finally:
-            self.writer = None
-            if self.queue:
-                self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def commit(self, batch: list[_Pending]) -> None:
         entries = [p.entry for p in batch]
         released = [p.reservation.request_id for p in batch if p.reservation.backend == BACKEND_DATABASE]
         try:
@@ -123,13 +104,22 @@ async def _write_with_retries(entries: list[LedgerEntry], released: list[str]) -
 
 
 def _counter_settle(pending: _Pending) -> CounterSettle:
-    reservation, usage = pending.reservation, pending.entry.usage
+    reservation, entry = pending.reservation, pending.entry
+    usage = entry.usage
+    if usage.byok:  # BYOK lines are in the ledger but never in the plan's counters; a stray hold is just released
+        return CounterSettle(usage.request_id, "", 0, () if reservation.byok else reservation.counters)
+    own = {counter.key for counter in reservation.counters}
     return CounterSettle(
         request_id=usage.request_id,
         ledger_field=f"{UsageEvent.Kind.REQUEST}:{usage.request_id}",
-        # BYOK lines are in the ledger but never in the plan's counters; a stray hold is just released.
-        messages=0 if usage.byok else pending.entry.counted_messages,
-        counters=() if reservation.byok and usage.byok else reservation.counters,
+        messages=entry.counted_messages,
+        counters=reservation.counters,
+        # A limit lifted today may come back today: its counter, if kept, must not miss these messages.
+        if_present=tuple(
+            counter
+            for counter in counters_for(workspace_id=usage.workspace_id, user_id=usage.user_id, day=entry.day)
+            if counter.key not in own
+        ),
     )
 
 
@@ -177,7 +167,7 @@ def _roll_up(touched: set[tuple[dt.date, int]]) -> None:
 _rollups = one_per_event_loop(_RollupsAfterWrites)
 
 
-_committer = one_per_event_loop(_GroupCommitter)
+_committer = one_per_event_loop(_LedgerCommitter)
 
 
 async def finish_request(*, reservation: Reservation, usage: UsageRecord) -> int:

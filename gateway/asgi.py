@@ -157,7 +157,7 @@ class ApiHandler(ASGIHandler):
             return
         events = response.events
         try:
-            await send_event_stream(events, send, heartbeat=response.heartbeat)  # while the upstream is silent
+            await send_event_stream(events, send, heartbeat=response.heartbeat, opening=response.opening)
         finally:
             await events.aclose()
         await send({"type": "http.response.body"})

@@ -27,6 +27,10 @@ from aiohttp import web
 
 API_PREFIX = "/api/v1"
 DEFAULT_REPLY = "Hello from the fake upstream."
+DEFAULT_WEB_RESULTS = (
+    ("https://example.org/weather/paris", "Paris weather today"),
+    ("https://news.example.com/storms", "Storm warnings"),
+)
 DEFAULT_TRANSCRIPT = "Hello from the fake transcription."
 DEFAULT_USAGE: dict[str, Any] = {
     "prompt_tokens": 12,
@@ -183,13 +187,14 @@ class _Plan:
     extra_frames: list[bytes] = field(default_factory=list)
     reasoning: str | None = None
     reasoning_details: str | None = None  # JSON of OpenRouter's reasoning_details, sent with the reasoning
+    citations: str | None = None  # JSON of the url_citation annotations of a reply that searched the web
 
 
 class FakeUpstream:
     """An aiohttp server on 127.0.0.1 in a background thread with its own event loop.
 
     Every knob is a plain attribute that tests may change between requests: `reply_text`, `usage`,
-    `latency_ms`, `chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
+    `latency_ms`, `chunk_delay_ms`, `first_chunk_delay_ms`, `chunks`, `tool_arguments`, `send_processing_comment`,
     `always_send_usage`, `hang_seconds`, `models`, `generation_stats`, `transcript_text`,
     `transcription_usage`, `respond_with` (a function of the chat request body returning a
     `FakeReply` or None, for scripted conversations). `fail_next(kind)` queues a failure.
@@ -213,6 +218,7 @@ class FakeUpstream:
         self.usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_USAGE))
         self.latency_ms = latency_ms
         self.chunk_delay_ms: float = 0
+        self.first_chunk_delay_ms: float = 0  # silence after a stream's headers, before its first chunk
         self.chunks = 5
         self.tool_arguments = DEFAULT_TOOL_ARGUMENTS
         self.send_processing_comment = False
@@ -243,6 +249,9 @@ class FakeUpstream:
         self.messages_usage: dict[str, Any] = json.loads(json.dumps(DEFAULT_MESSAGES_USAGE))
         self.messages_tool_call: tuple[str, dict[str, Any]] | None = None  # (tool name, input) to call
         self.thinking_text = "Let me think about that."
+        # Chat completions carrying OpenRouter's `openrouter:web_search` server tool: the reply cites these
+        # (url, title) as markdown links with url_citation annotations, and usage reports one search.
+        self.web_results: list[tuple[str, str]] = list(DEFAULT_WEB_RESULTS)
         self._signing_key = secrets.token_bytes(16)
         self.requests: list[RecordedRequest] = []
 
@@ -559,6 +568,10 @@ class FakeUpstream:
             reasoning = reply.reasoning if reply.reasoning is not None else reasoning
             if reply.usage is not None and failure != "absurd_usage":
                 usage = reply.usage
+        citations: list[dict[str, Any]] = []
+        if kind == "chat" and text is not None and tool is None and _offers_web_search(body):
+            text, citations = _cite(text, self.web_results)
+            usage = {**usage, "server_tool_use": {"web_search_requests": 1}}
         return _Plan(
             gen_id=self._new_id(),
             model=model,
@@ -569,6 +582,7 @@ class FakeUpstream:
             include_usage=include_usage,
             reasoning=reasoning,
             reasoning_details=json.dumps(self.reasoning_details) if reasoning and self.reasoning_details else None,
+            citations=json.dumps(citations) if citations else None,
         )
 
     def _frames(self, plan: _Plan, *, stream: bool) -> list[bytes]:
@@ -588,6 +602,7 @@ class FakeUpstream:
             self.chunks,
             plan.reasoning,
             plan.reasoning_details,
+            plan.citations,
         )
         template = self._templates.get(key)
         if template is None:
@@ -622,6 +637,7 @@ class FakeUpstream:
         frames = self._frames(plan, stream=True)
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        await self._sleep_ms(self.first_chunk_delay_ms)
         if self.send_processing_comment:
             await response.write(PROCESSING_COMMENT)
         content_frames = len(frames) - 1 - (1 if plan.include_usage else 0)
@@ -730,6 +746,9 @@ class FakeUpstream:
                 self._finish(record)
                 return self._messages_error(400, "invalid_request_error", problem)
             content, stop_reason = self._message_content(body)
+            usage = self.messages_usage
+            if stop_reason != "tool_use" and _offers_claude_web_search(body):
+                usage = {**usage, "server_tool_use": {"web_search_requests": 1}}  # as Anthropic reports a search
             message_id = "msg_" + self._new_id().removeprefix("gen-").replace("-", "")
             model = body.get("model") if isinstance(body.get("model"), str) else "unknown"
             stream = body.get("stream") is True
@@ -737,7 +756,7 @@ class FakeUpstream:
                 record.generation_id = message_id
                 record.stream = stream
                 # /generation answers for it too, in chat terms (prompt includes cache reads and writes).
-                tokens = self.messages_usage
+                tokens = usage
                 cached = tokens.get("cache_read_input_tokens", 0)
                 self._issued[message_id] = {
                     "prompt_tokens": tokens["input_tokens"] + cached + tokens.get("cache_creation_input_tokens", 0),
@@ -745,9 +764,10 @@ class FakeUpstream:
                     "prompt_tokens_details": {"cached_tokens": cached},
                 }
             if stream:
-                response = await self._stream_message(request, message_id, model, content, stop_reason, failure, record)
+                response = await self._stream_message(
+                    request, message_id, model, content, stop_reason, usage, failure, record
+                )
             else:
-                usage = self.messages_usage
                 message = {
                     "id": message_id,
                     "type": "message",
@@ -774,13 +794,13 @@ class FakeUpstream:
         model: str,
         content: list[dict[str, Any]],
         stop_reason: str,
+        usage: dict[str, Any],
         failure: str | None,
         record: RecordedRequest | None,
     ) -> web.StreamResponse:
         def event(name: str, payload: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
-        usage = dict(self.messages_usage)
         start_usage = {**usage, "output_tokens": 1}
         frames = [
             event(
@@ -970,6 +990,27 @@ def _content_text(content: Any) -> str:
     return json.dumps(content)
 
 
+def _offers_claude_web_search(body: dict[str, Any]) -> bool:
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    return any(isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_") for tool in tools)
+
+
+def _offers_web_search(body: dict[str, Any]) -> bool:
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    return any(isinstance(tool, dict) and tool.get("type") == "openrouter:web_search" for tool in tools)
+
+
+def _cite(text: str, results: list[tuple[str, str]]) -> tuple[str, list[dict[str, Any]]]:
+    """`text` followed by a markdown link per result, and OpenRouter's annotation for each link."""
+    citations = []
+    for url, title in results:
+        link = f"[{title}]({url})"
+        text += " " + link
+        cited = {"url": url, "title": title, "content": f"What {title} says.", "start_index": len(text) - len(link)}
+        citations.append({"type": "url_citation", "url_citation": {**cited, "end_index": len(text)}})
+    return text, citations
+
+
 def _chosen_function(body: dict[str, Any]) -> str | None:
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
@@ -1047,6 +1088,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
             message["reasoning"] = plan.reasoning
         if plan.reasoning_details:
             message["reasoning_details"] = json.loads(plan.reasoning_details)
+        if plan.citations:
+            message["annotations"] = json.loads(plan.citations)
         if plan.tool:
             name, arguments = plan.tool
             message["tool_calls"] = [
@@ -1092,6 +1135,8 @@ def _build_template(plan: _Plan, *, stream: bool, chunks: int) -> list[bytes]:
         parts = _split(plan.text or "", chunks)
         deltas.append({"role": "assistant", "content": parts[0]})
         deltas.extend({"content": part} for part in parts[1:])
+        if plan.citations:
+            deltas[-1]["annotations"] = json.loads(plan.citations)  # OpenRouter sends them with the last text
     frames = []
     for i, delta in enumerate(deltas):
         last = i == len(deltas) - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts import access, services
 from accounts.models import Membership, User, Workspace
@@ -186,6 +187,20 @@ def test_create_and_switch_through_the_page(client, team: dict) -> None:
     client.post(reverse("workspace-switch", args=[created.pk]))
     team["member"].refresh_from_db()
     assert team["member"].current_workspace == created
+
+
+def test_a_deactivated_workspace_is_marked_and_cannot_become_current(client, team: dict) -> None:
+    Workspace.objects.filter(pk=team["workspace"].pk).update(deactivated_at=timezone.now())
+    login(client, team["member"])
+
+    body = client.get(reverse("settings")).content.decode()
+    assert "Deactivated" in body and "The API does not serve it" in body
+    assert reverse("workspace-switch", args=[team["workspace"].pk]) not in body
+
+    response = client.post(reverse("workspace-switch", args=[team["workspace"].pk]), follow=True)
+    assert "is deactivated" in response.content.decode()
+    team["member"].refresh_from_db()
+    assert team["member"].current_workspace != team["workspace"]
 
 
 def test_someone_elses_workspace_is_404_everywhere(client, team: dict) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
+from django.db import connection
 from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts import access
@@ -171,6 +175,29 @@ def test_workspace_search_by_member_email_and_plan_change_bumps_epoch(
     assert access.local_access_epoch() > epoch
     workspace.refresh_from_db()
     assert workspace.plan.slug == "pro"
+
+
+def test_the_workspace_list_names_the_owners_at_the_same_query_cost_for_any_number_of_rows(
+    client, superuser: User, populated: dict
+) -> None:
+    client.force_login(superuser)
+    url = reverse("admin:accounts_workspace_changelist")
+
+    def page() -> tuple[str, int]:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(url, {"q": "Audit team"})
+        assert response.status_code == 200
+        return response.content.decode(), len(captured)
+
+    html, queries = page()
+    assert re.findall(r'class="field-owners">([^<]*)<', html) == ["root@example.com"]  # the member is no owner
+    for i in range(10):
+        account_services.create_workspace(
+            user=User.objects.create_user(f"owner{i}@example.com"), name=f"Audit team {i}"
+        )
+    html, more = page()
+    assert "owner9@example.com" in re.findall(r'class="field-owners">([^<]*)<', html)
+    assert more == queries
 
 
 def test_admin_refuses_a_current_workspace_the_user_is_not_in(client, superuser: User, populated: dict) -> None:

@@ -6,6 +6,7 @@ completions and back. Responses and stream events are validated against the SDK'
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anthropic
@@ -697,6 +698,26 @@ def test_keep_alives_are_anthropics_ping_events_between_whole_events(base_url, f
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
 
 
+def test_a_translated_stream_opens_with_message_start_even_when_keep_alives_come_first(
+    base_url, fake_upstream, caller, settings
+):
+    settings.STREAM_HEARTBEAT_SECONDS = 0.05
+    fake_upstream.first_chunk_delay_ms = 300  # silent after its headers: keep-alives are due before any event
+
+    response = _post(base_url, caller.key, {"model": GPT, "max_tokens": 64, "messages": HELLO, "stream": True})
+
+    events = _events(response.content)
+    for event in events:
+        if event["type"] != "ping":
+            EVENT.validate_python(event)
+    # message_start (with its ping) left in the first keep-alive's place; keep-alives followed it.
+    assert [e["type"] for e in events[:3]] == ["message_start", "ping", "ping"]
+    assert events[-1]["type"] == "message_stop"
+    assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == (
+        "Hello from the fake upstream."
+    )
+
+
 def test_a_large_session_fits_and_a_body_past_the_limit_is_request_too_large(base_url, fake_upstream, caller, settings):
     big = "x" * (5 * 1024 * 1024)  # past /v1's JSON limit: a Claude Code session with screenshots
     ok = _post(
@@ -881,3 +902,38 @@ def test_a_model_without_an_upstream_here_is_not_retried(base_url, caller, setti
     assert response.status_code == 503 and response.json()["error"]["type"] == "api_error"
     assert "demo/" in response.json()["error"]["message"]
     assert response.headers["x-should-retry"] == "false"  # Claude Code would otherwise retry it ten times
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_claude_stream_is_relayed_as_it_came_and_read_for_billing_wherever_its_reads_are_cut(newline):
+    from gateway.providers.base import UpstreamResponse
+    from gateway.surfaces.anthropic.events import MessagesOutcome, relay_message_events
+
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": CLAUDE}
+    events = [
+        {"type": "message_start", "message": {**message, "usage": {"input_tokens": 12, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 'message_stop "error"'}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        {"type": "message_stop"},
+    ]
+    body = b"".join(
+        b"event: " + e["type"].encode() + newline + b"data: " + json.dumps(e).encode() + newline + newline
+        for e in events
+    )
+
+    async def relayed(cut: int, outcome: MessagesOutcome) -> bytes:
+        async def chunks():
+            yield body[:cut]
+            yield body[cut:]
+
+        upstream = UpstreamResponse(status=200, headers={}, chunks=chunks())
+        return b"".join([chunk async for chunk in relay_message_events(upstream, outcome=outcome)])
+
+    for cut in range(0, len(body), 5):
+        outcome = MessagesOutcome()
+        assert asyncio.run(relayed(cut, outcome)) == body
+        assert outcome.finished and outcome.status == "succeeded" and outcome.generation_id == "msg_1"
+        assert outcome.tokens == {"input_tokens": 12, "output_tokens": 7} and outcome.usage_final

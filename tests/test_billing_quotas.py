@@ -332,6 +332,25 @@ def test_counters_redis_lost_are_rebuilt_from_the_ledger() -> None:
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_messages_used_while_a_limit_was_lifted_count_when_it_returns_the_same_day(settings) -> None:
+    settings.BILLING_QUOTA_RECONCILE_SECONDS = 3600  # no periodic merge to paper over a stale counter
+    limited = plan("five", daily=5, member_daily=5)
+    owner = make_user("lifted@example.com", plan=limited.slug).user
+    workspace = owner.current_workspace
+    run(reserve_and_finish_all(access_of(owner), owner.pk, 2, prefix="before"))
+
+    workspace.plan = Plan.objects.get(slug="unlimited")
+    workspace.save(update_fields=["plan"])
+    run(reserve_and_finish_all(access_of(owner), owner.pk, 2, prefix="lifted"))
+    workspace.plan = limited
+    workspace.save(update_fields=["plan"])
+
+    outcomes = run(reserve_many(access_of(owner), owner.pk, 3, prefix="after"))
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 1  # 2 + 2 used of 5: one left, for both limits
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_rebuild_racing_settles_never_double_counts() -> None:
     owner = make_user("race@example.com", plan=plan("nine", daily=9).slug).user
     access = access_of(owner)

@@ -790,7 +790,14 @@ def test_bad_requests_are_400s_naming_the_parameter_and_reach_no_upstream(client
             {"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"type": "banana"}]},
             "input[2].type",
         ),
-        ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
+        (  # a search this server leaves out (cached results only), forced
+            {
+                "input": "x",
+                "tools": [{"type": "web_search", "external_web_access": False}],
+                "tool_choice": {"type": "web_search"},
+            },
+            "tool_choice",
+        ),
         ({"input": "x", "background": True}, "background"),
     ]
     for extra, param in cases:

@@ -290,6 +290,7 @@ def test_previous_response_id_sends_the_stored_context_upstream_without_its_inst
         client.responses.retrieve(unstored.id)
     # The chain's input items: everything the model saw, ids kept from the responses before.
     listed = list(client.responses.input_items.list(third.id, order="asc"))
+    assert [item.type for item in listed] == ["message"] * 5
     assert [item.id for item in listed[:2]] == [
         *[item.id for item in client.responses.input_items.list(first.id)],
         first.output[0].id,

@@ -207,3 +207,27 @@ def test_the_sites_login_page_is_throttled_too(client, staff):
     assert throttled.status_code == 429
     assert b"Too many failed sign-in attempts" in throttled.content
     assert elsewhere.status_code == 302
+
+
+@override_settings(LOGIN_THROTTLE_FAILURES_PER_ACCOUNT=3)
+@pytest.mark.parametrize(
+    ("url", "fields"),
+    [
+        ("/settings/password/", {"new_password1": "An0ther-long-pass", "new_password2": "An0ther-long-pass"}),
+        ("/settings/email/", {"new_email": "new-address@example.com"}),
+    ],
+)
+def test_wrong_current_passwords_on_account_pages_count_as_failed_sign_ins(client, staff, url, fields):
+    """A session left open somewhere cannot be used to guess the password faster than the login page allows."""
+    client.force_login(staff)
+    field = "old_password" if "password" in url else "password"
+    for _ in range(3):
+        page = client.post(url, {**fields, field: "wrong"}, REMOTE_ADDR="203.0.113.60")
+        assert "That is not your current password." in page.content.decode()
+
+    refused = client.post(url, {**fields, field: PASSWORD}, REMOTE_ADDR="203.0.113.60")
+    assert refused.status_code == 200 and "Too many wrong passwords" in refused.content.decode()
+    assert sign_in("203.0.113.60", PASSWORD) is None  # the login page counts the same failures
+
+    accepted = client.post(url, {**fields, field: PASSWORD}, REMOTE_ADDR="203.0.113.61")
+    assert accepted.status_code == 302  # from another address the right password still works

@@ -1,11 +1,11 @@
-"""Fire-and-forget coroutines that the event loop must not garbage-collect halfway, and per-loop singletons."""
+"""Fire-and-forget coroutines the event loop must not garbage-collect halfway, per-loop singletons and group commits."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -35,3 +35,44 @@ def one_per_event_loop(factory: Callable[[], T]) -> Callable[[], T]:
         return found
 
     return get
+
+
+class GroupCommitter(Generic[T]):
+    """One per event loop: a queue of finished work and at most one task writing it in batches.
+
+    Work submitted while a batch is being written joins the next one, so concurrent requests share one
+    transaction (one commit, one hop to a database thread); a lone submission is written at once, or
+    after `linger_seconds()` so that back-to-back ones can share it. Subclasses write a batch in
+    `commit()` and tell each submitter its outcome there; `commit()` must not raise.
+    """
+
+    max_batch = 500
+
+    def __init__(self) -> None:
+        self.queue: list[T] = []
+        self.writer: asyncio.Task | None = None
+
+    def linger_seconds(self) -> float:
+        return 0.0
+
+    async def commit(self, batch: list[T]) -> None:
+        raise NotImplementedError
+
+    def submit(self, item: T) -> None:
+        self.queue.append(item)
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            linger = self.linger_seconds()
+            if linger > 0 and len(self.queue) < self.max_batch:
+                await asyncio.sleep(linger)
+            while self.queue:
+                batch = self.queue[: self.max_batch]
+                del self.queue[: self.max_batch]
+                await self.commit(batch)
+        finally:
+            self.writer = None
+            if self.queue:
+                self.writer = asyncio.get_running_loop().create_task(self._drain())

@@ -182,27 +182,33 @@ async def run_reserve_script(
 
 @dataclass(frozen=True)
 class CounterSettle:
-    """Move one ledger line into Redis counters: release the request's hold, add its messages once."""
+    """Move one ledger line into Redis counters: release the request's hold, add its messages once.
+
+    `counters` are the ones the request was reserved against; `if_present` are its scopes' other
+    counters (limits it had none of), which take the line only if they exist.
+    """
 
     request_id: str
     ledger_field: str
     messages: int
     counters: tuple[Counter, ...]
+    if_present: tuple[Counter, ...] = ()
 
 
 def _settle_args(item: CounterSettle) -> tuple[list[str], list[object]]:
+    counters = item.counters + item.if_present
     keys: list[str] = []
-    for counter in item.counters:
+    for counter in counters:
         keys.extend(counter.redis_keys)
-    args: list[object] = [item.request_id, item.ledger_field, item.messages]
-    args.extend(counter.expire_at_ms for counter in item.counters)
+    args: list[object] = [item.request_id, item.ledger_field, item.messages, len(item.counters)]
+    args.extend(counter.expire_at_ms for counter in counters)
     return keys, args
 
 
 async def settle_counters(items: Sequence[CounterSettle]) -> None:
     """Apply settles in one pipelined burst. Never raises: the ledger is durable and counters reconcile with it."""
     local_holds.discard(item.request_id for item in items)
-    items = [item for item in items if item.counters]
+    items = [item for item in items if item.counters or (item.if_present and item.messages)]
     client = async_redis()
     if not items or client is None or not redis_health.usable():
         return
@@ -216,7 +222,7 @@ async def settle_counters(items: Sequence[CounterSettle]) -> None:
 
 def settle_counters_sync(items: Sequence[CounterSettle]) -> None:
     """The same from sync code (Celery tasks). Never raises."""
-    items = [item for item in items if item.counters]
+    items = [item for item in items if item.counters or (item.if_present and item.messages)]
     client = sync_redis()
     if not items or client is None:
         return

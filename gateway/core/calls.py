@@ -33,7 +33,7 @@ from billing.recording import finish_request
 from gateway import catalogue, metrics
 from gateway.core import validation
 from gateway.core.routing import Route, route_chat
-from gateway.core.streaming import CallOutcome, relay_events
+from gateway.core.streaming import CallOutcome, relay_events, web_search_requests
 from gateway.core.upstream_fields import strip_upstream_control_fields
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
@@ -55,6 +55,7 @@ class Completion:
 class CompletionStream:
     chunks: AsyncGenerator[bytes, None]
     headers: dict[str, str]
+    opening: bytes = b""  # what the stream opens with (Anthropic's message_start): see send_event_stream
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ def usage_record(
         latency_ms=int((time.monotonic() - outcome.started) * 1000),
         generation_id=outcome.generation_id,
         tokens_estimated=estimated,
+        web_search_requests=web_search_requests(outcome.usage),
     )
 
 

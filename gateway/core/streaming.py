@@ -42,6 +42,15 @@ class CallOutcome:
     reached_upstream: bool = False
     error_kind: str = ""  # gateway.metrics.UPSTREAM_ERROR_KINDS, when the upstream misbehaved
     upstream_error_relayed: bool = False  # the upstream's own error event reached the client
+    finished: bool = False  # the upstream's stream reached its end marker ([DONE], message_stop)
+
+
+def web_search_requests(usage: object) -> int:
+    """How many hosted web searches an upstream's usage reports: `server_tool_use.web_search_requests`,
+    spelled alike in OpenRouter's chat usage and Anthropic's Messages usage. 0 when absent or absurd."""
+    server = usage.get("server_tool_use") if isinstance(usage, dict) else None
+    count = server.get("web_search_requests") if isinstance(server, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 10**6 else 0
 
 
 def error_event(message: str, *, code: str, error_type: str = "server_error") -> bytes:
@@ -49,7 +58,7 @@ def error_event(message: str, *, code: str, error_type: str = "server_error") ->
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _next_boundary(buffer: bytes, start: int) -> tuple[int, int]:
+def next_boundary(buffer: bytes, start: int) -> tuple[int, int]:
     """(index, length) of the next blank line that ends an event, or (-1, 0)."""
     lf = buffer.find(b"\n\n", start)
     crlf = buffer.find(b"\r\n\r\n", start)
@@ -62,7 +71,7 @@ def split_events(relayed: bytes) -> list[bytes]:
     """The whole SSE events in a chunk `relay_events` yielded (it yields several that arrived together)."""
     events, start = [], 0
     while True:
-        index, length = _next_boundary(relayed, start)
+        index, length = next_boundary(relayed, start)
         if index == -1:
             break
         events.append(relayed[start : index + length])
@@ -72,7 +81,19 @@ def split_events(relayed: bytes) -> list[bytes]:
     return events
 
 
-def _data_of(event: bytes) -> bytes | None:
+def data_of(event: bytes) -> bytes | None:
+    """The data of one SSE event (its `data:` lines joined), or None if it has none."""
+    # The usual event has one data line, its last ("data: ..." or "event: ...\ndata: ..."): not split.
+    if event.startswith(b"data: "):
+        first = 0
+    else:
+        first = event.find(b"\ndata: ") + 1  # 0: none
+        if first and b"data:" in event[:first]:
+            first = 0  # an earlier data line: the general way below
+    if first or event.startswith(b"data: "):
+        payload = event[first + 6 :].rstrip(b"\r\n")
+        if b"\n" not in payload and b"\r" not in payload:
+            return payload.strip()
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
         return None
@@ -97,11 +118,18 @@ def _without_usage(event: dict) -> bytes:
 
 
 async def send_event_stream(
-    events: AsyncGenerator[bytes, None], send: Callable[[dict], Awaitable[None]], *, heartbeat: bytes = HEARTBEAT
+    events: AsyncGenerator[bytes, None],
+    send: Callable[[dict], Awaitable[None]],
+    *,
+    heartbeat: bytes = HEARTBEAT,
+    opening: bytes = b"",
 ) -> None:
     """Send each chunk of an SSE body as it comes and, whenever nothing was sent for
     STREAM_HEARTBEAT_SECONDS, a `: keep-alive` comment, so idle-timeout proxies and clients keep a
     silent stream (a reasoning model thinking) open.
+
+    `opening` leaves in the same send as the first chunk (one send fewer per stream), or in the first
+    heartbeat's place if the upstream is silent that long; so it always comes first.
 
     One timer per stream, moved lazily: a sent chunk only records the time, so the hot path pays one
     clock read. A heartbeat is sent from the timer while the stream waits for its upstream; the next
@@ -111,16 +139,20 @@ async def send_event_stream(
     if interval <= 0:
         async for chunk in events:
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": opening + chunk, "more_body": True})
+                opening = b""
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
         return
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
     beating: asyncio.Task | None = None
 
     async def beat() -> None:
-        nonlocal last_sent
+        nonlocal last_sent, opening
+        body, opening = opening or heartbeat, b""
         with contextlib.suppress(Exception):  # a client that left: the stream's own send will find out
-            await send({"type": "http.response.body", "body": heartbeat, "more_body": True})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         last_sent = loop.time()
 
     timer: asyncio.TimerHandle
@@ -145,77 +177,113 @@ async def send_event_stream(
             if beating is not None:
                 await beating
                 beating = None
+            if opening:
+                chunk, opening = opening + chunk, b""
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             last_sent = loop.time()
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
     finally:
         timer.cancel()
         if beating is not None:
             await beating
 
 
-async def relay_events(
-    upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
+async def guard_relay(
+    events: AsyncGenerator[bytes, None],
+    upstream: UpstreamResponse,
+    *,
+    outcome: CallOutcome,
+    error_event: Callable[[str, str], bytes],
 ) -> AsyncGenerator[bytes, None]:
-    buffer = b""
-    finished = False
-    assert upstream.chunks is not None, "a streamed call always has its body's chunks"
+    """`events`, one surface's relay of `upstream`, with what every relay does around it.
+
+    A stream that breaks off, or ends before its end marker (`outcome.finished`) without having
+    failed already, ends with `error_event(message, code)` in the surface's shape; a client that
+    leaves is noted; the upstream connection is released (kept only after a finished stream).
+    """
     metrics.stream_opened()
     try:
-        async for chunk in upstream.chunks:
-            buffer += chunk
-            start = 0
-            # Events that arrived together leave together: one send per upstream read, not per event.
-            ready: list[bytes] = []
-            while True:
-                index, length = _next_boundary(buffer, start)
-                if index == -1:
-                    break
-                event = buffer[start : index + length]
-                start = index + length
-                forwarded = _relay_one(event, include_usage=include_usage, outcome=outcome)
-                if forwarded is _MALFORMED:
-                    outcome.status = "failed"
-                    outcome.error_kind = "malformed"
-                    ready.append(
-                        error_event(
-                            "The upstream sent a malformed event; the stream was stopped.",
-                            code="upstream_malformed_stream",
-                        )
-                    )
-                    yield b"".join(ready)
-                    return
-                if forwarded:
-                    ready.append(forwarded)
-                if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
-                    finished = True
-            buffer = buffer[start:]
-            if ready:
-                yield b"".join(ready)
-            if finished:
-                return
-        if buffer.strip():
-            forwarded = _relay_one(buffer + b"\n\n", include_usage=include_usage, outcome=outcome)
-            if forwarded and forwarded is not _MALFORMED:
-                yield forwarded
-                finished = _data_of(buffer) == b"[DONE]"
-        if not finished and not outcome.upstream_error_relayed:
+        async for chunk in events:
+            yield chunk
+        if not outcome.finished and outcome.status != "failed":
             outcome.status = "failed"
             outcome.error_kind = "stream_dropped"
-            yield error_event("The upstream closed the stream before it finished.", code="upstream_stream_incomplete")
+            yield error_event("The upstream closed the stream before it finished.", "upstream_stream_incomplete")
     except ProviderError as exc:
         outcome.status = "failed"
         outcome.error_kind = "timeout" if exc.status == 504 else "stream_dropped"
-        yield error_event(exc.message, code=exc.code)
+        yield error_event(exc.message, exc.code)
     except asyncio.CancelledError:
         outcome.status = "client_disconnected"
         raise
     except GeneratorExit:
-        if not finished:
+        if not outcome.finished:
             outcome.status = "client_disconnected"
         raise
     finally:
         metrics.stream_closed()
-        await upstream.close(finished=finished)
+        await events.aclose()
+        await upstream.close(finished=outcome.finished)
+
+
+def relay_events(
+    upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
+) -> AsyncGenerator[bytes, None]:
+    return guard_relay(
+        _chat_events(upstream, include_usage=include_usage, outcome=outcome),
+        upstream,
+        outcome=outcome,
+        error_event=_chat_error_event,
+    )
+
+
+def _chat_error_event(message: str, code: str) -> bytes:
+    return error_event(message, code=code)
+
+
+async def _chat_events(
+    upstream: UpstreamResponse, *, include_usage: bool, outcome: CallOutcome
+) -> AsyncGenerator[bytes, None]:
+    buffer = b""
+    assert upstream.chunks is not None, "a streamed call always has its body's chunks"
+    async for chunk in upstream.chunks:
+        buffer += chunk
+        start = 0
+        # Events that arrived together leave together: one send per upstream read, not per event.
+        ready: list[bytes] = []
+        while True:
+            index, length = next_boundary(buffer, start)
+            if index == -1:
+                break
+            event = buffer[start : index + length]
+            start = index + length
+            forwarded = _relay_one(event, include_usage=include_usage, outcome=outcome)
+            if forwarded is _MALFORMED:
+                outcome.status = "failed"
+                outcome.error_kind = "malformed"
+                ready.append(
+                    error_event(
+                        "The upstream sent a malformed event; the stream was stopped.",
+                        code="upstream_malformed_stream",
+                    )
+                )
+                yield b"".join(ready)
+                return
+            if forwarded:
+                ready.append(forwarded)
+            if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
+                outcome.finished = True
+        buffer = buffer[start:]
+        if ready:
+            yield b"".join(ready)
+        if outcome.finished:
+            return
+    if buffer.strip():
+        forwarded = _relay_one(buffer + b"\n\n", include_usage=include_usage, outcome=outcome)
+        if forwarded and forwarded is not _MALFORMED:
+            yield forwarded
+            outcome.finished = data_of(buffer) == b"[DONE]"
 
 
 _MALFORMED = b"\x00malformed"
@@ -224,7 +292,7 @@ _MALFORMED = b"\x00malformed"
 def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> bytes:
     if event.startswith(b":"):
         return event  # an SSE comment, e.g. OpenRouter's keep-alive
-    payload = _data_of(event)
+    payload = data_of(event)
     if payload is None or payload == b"[DONE]":
         return event
     if not (payload.startswith(b"{") and payload.endswith(b"}")):
@@ -260,10 +328,16 @@ class EventStreamResponse(StreamingHttpResponse):
     """Server-Sent Events; gateway.asgi sends `events` as they come, without Django's per-chunk wrappers."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], *, headers: dict[str, str], heartbeat: bytes = HEARTBEAT
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        headers: dict[str, str],
+        heartbeat: bytes = HEARTBEAT,
+        opening: bytes = b"",
     ) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8")
         self.events = events
         self.heartbeat = heartbeat  # what a silent stream sends (Anthropic's surface: an `event: ping`)
+        self.opening = opening  # what it opens with (send_event_stream)
         for name, value in {**SSE_HEADERS, **headers}.items():
             self[name] = value

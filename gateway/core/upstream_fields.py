@@ -14,6 +14,9 @@ from typing import Any
 
 from gateway.providers.base import UpstreamCall
 
+# The response header naming the tools a surface left out of the upstream call (docs/decisions.md).
+OMITTED_TOOLS_HEADER = "x-writingmate-omitted-tools"
+
 UPSTREAM_CONTROL_FIELDS: frozenset[str] = frozenset(
     {
         # where the request goes

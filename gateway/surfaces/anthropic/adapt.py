@@ -4,7 +4,8 @@ Claude Code asks for its newest models (`claude-opus-5-5`) with settings only th
 thinking, `output_config.effort`, `max_tokens` 128000. When an alias stands in for such a model
 (`ModelAlias.stands_in`), those settings are rewritten for the target; `max_tokens` is capped at the
 alias's `max_output_tokens` whenever one is set. Only top-level members change: the history, and so
-every thinking signature and cache breakpoint in it, is untouched.
+every thinking signature and cache breakpoint in it, is untouched. Server tools the plan does not
+include leave `tools` (gateway.surfaces.anthropic.server_tools).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.surfaces.anthropic.models import Resolved
+from gateway.surfaces.anthropic.server_tools import filter_server_tools
 
 # Thinking budgets for the efforts Claude Code sends (low ... max), when adaptive thinking needs a number.
 _BUDGET_BY_EFFORT = {"low": 4096, "medium": 16384, "high": 32768, "xhigh": 32768, "max": 32768}
@@ -23,6 +25,7 @@ MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 class Adaptation:
     replace: dict[str, object] = field(default_factory=dict)  # member -> its new value
     leave_out: frozenset[str] = frozenset()
+    omitted_tools: tuple[str, ...] = ()  # server tool types left out of `tools`
 
     def applied_to(self, body: dict) -> dict:
         if not self.replace and not self.leave_out:
@@ -34,9 +37,11 @@ def _thinking_within(budget: int, max_tokens: object) -> int:
     return min(budget, max_tokens - 1) if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else budget
 
 
-def adapt_request(body: dict, resolved: Resolved) -> Adaptation:
-    replace: dict[str, object] = {}
-    leave_out: set[str] = set()
+def adapt_request(body: dict, resolved: Resolved, *, web_search_allowed: bool = False) -> Adaptation:
+    """`web_search_allowed`: the workspace's plan includes hosted web search."""
+    server_tools = filter_server_tools(body, web_search_allowed=web_search_allowed)
+    replace: dict[str, object] = dict(server_tools.replace)
+    leave_out: set[str] = set(server_tools.leave_out)
     max_tokens = body.get("max_tokens")
     cap = resolved.max_output_tokens
     if cap and isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > cap:
@@ -65,4 +70,4 @@ def adapt_request(body: dict, resolved: Resolved) -> Adaptation:
             replace["thinking"] = {**kept, "type": "enabled", "budget_tokens": budget}
         else:
             leave_out.add("thinking")
-    return Adaptation(replace=replace, leave_out=frozenset(leave_out))
+    return Adaptation(replace=replace, leave_out=frozenset(leave_out), omitted_tools=server_tools.omitted)

@@ -10,18 +10,17 @@ message_delta with stop_reason and usage, and message_stop. A failure after the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from gateway import metrics
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
-from gateway.core.streaming import CallOutcome
-from gateway.providers.base import ProviderError, UpstreamResponse
+from gateway.core.streaming import CallOutcome, data_of, guard_relay, next_boundary, web_search_requests
+from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.anthropic.errors import error_event
 from gateway.surfaces.anthropic.translate import STOP_REASONS, anthropic_usage, reasoning_signature
 
@@ -35,10 +34,13 @@ class MessagesOutcome(CallOutcome):
     tokens: dict[str, int] = field(default_factory=dict)  # Anthropic usage: input, cache read/creation, output
     usage_final: bool = False  # the upstream's final usage arrived (message_delta, or a whole response)
     text: list[str] = field(default_factory=list)  # what a translated stream delivered, for an estimate
+    web_search_requests: int = 0  # usage.server_tool_use, when the upstream ran hosted searches
 
     def note_usage(self, usage: object, *, final: bool) -> None:
         if not isinstance(usage, dict):
             return
+        # Anthropic's usage is cumulative: message_delta repeats what message_start said, and more.
+        self.web_search_requests = max(self.web_search_requests, web_search_requests(usage))
         for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
@@ -46,11 +48,15 @@ class MessagesOutcome(CallOutcome):
         self.usage_final = self.usage_final or final
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per event
+
+
 def sse(event: str, payload: dict) -> bytes:
-    return f"event: {event}\ndata: ".encode() + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: %b\ndata: %b\n\n" % (event.encode(), _compact_json(payload).encode())
 
 
 PING = sse("ping", {"type": "ping"})
+_MESSAGE_STOP = sse("message_stop", {"type": "message_stop"})
 
 
 class _Events:
@@ -60,25 +66,16 @@ class _Events:
         self.buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self.buffer += chunk
+        buffer = self.buffer + chunk if self.buffer else chunk
         events: list[bytes] = []
+        start = 0
         while True:
-            lf, crlf = self.buffer.find(b"\n\n"), self.buffer.find(b"\r\n\r\n")
-            if crlf != -1 and (lf == -1 or crlf < lf):
-                end = crlf + 4
-            elif lf != -1:
-                end = lf + 2
-            else:
+            index, length = next_boundary(buffer, start)
+            if index == -1:
+                self.buffer = buffer[start:]
                 return events
-            events.append(self.buffer[:end])
-            self.buffer = self.buffer[end:]
-
-
-def data_of(event: bytes) -> bytes | None:
-    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(line[5:].removeprefix(b" ") for line in lines).strip()
+            events.append(buffer[start : index + length])
+            start = index + length
 
 
 def _upstream_error_message(error: object) -> str:
@@ -90,77 +87,78 @@ def _upstream_error_message(error: object) -> str:
 # ---- Claude: byte for byte ---------------------------------------------------------------------
 
 
-def _complete_part(buffer: bytes) -> int:
-    """Where the last whole event in `buffer` ends (0 if none has ended yet)."""
-    lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+def _event_start(buffer: bytes, position: int) -> int:
+    """Where the event holding `position` begins: just after the last blank line before it."""
+    lf = buffer.rfind(b"\n\n", 0, position)
+    crlf = buffer.rfind(b"\r\n\r\n", lf + 1, position)  # only after the last LF one: not the whole buffer again
+    return crlf + 4 if crlf != -1 else (lf + 2 if lf != -1 else 0)
 
 
-async def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
-    """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off.
+def _stream_error(message: str, code: str) -> bytes:
+    return error_event(error_type="api_error", message=message)
 
-    Only chunks that can hold a message_* or error event are split into events and read: the deltas
-    in between (most of a stream) cost two substring searches each.
-    """
+
+def relay_message_events(upstream: UpstreamResponse, *, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
+    """The upstream's Anthropic stream as it came, noting usage; an `event: error` if it breaks off."""
+    return guard_relay(_message_events(upstream, outcome), upstream, outcome=outcome, error_event=_stream_error)
+
+
+async def _message_events(upstream: UpstreamResponse, outcome: MessagesOutcome) -> AsyncGenerator[bytes, None]:
     pending = b""
-    finished = False
-    metrics.stream_opened()
-    try:
-        assert upstream.chunks is not None
-        async for chunk in upstream.chunks:
-            if outcome.first_byte_at is None:
-                outcome.first_byte_at = time.monotonic()
-            outcome.delivered.append(chunk)
-            buffer = pending + chunk if pending else chunk
-            end = _complete_part(buffer)
-            if not end:
-                pending = buffer
-                continue
-            pending = buffer[end:]
-            whole = buffer[:end]
-            if b"message_" in whole or b'"error"' in whole:
-                for event in _Events().feed(whole):
-                    finished = _note_event(event, outcome) or finished
-            # Whole events only: a keep-alive the handler sends in a pause then falls between two events.
-            yield whole
-            if finished:
-                return
-        # An event the upstream never finished is dropped: the error event below says what happened.
-        if not finished and not outcome.upstream_error_relayed:
-            outcome.status = "failed"
-            outcome.error_kind = "stream_dropped"
-            yield error_event(error_type="api_error", message="The upstream closed the stream before it finished.")
-    except ProviderError as exc:
-        outcome.status = "failed"
-        outcome.error_kind = "timeout" if exc.status == 504 else "stream_dropped"
-        yield error_event(error_type="api_error", message=exc.message)
-    except asyncio.CancelledError:
-        outcome.status = "client_disconnected"
-        raise
-    except GeneratorExit:
-        if not finished:
-            outcome.status = "client_disconnected"
-        raise
-    finally:
-        metrics.stream_closed()
-        await upstream.close(finished=finished)
+    assert upstream.chunks is not None
+    async for chunk in upstream.chunks:
+        if outcome.first_byte_at is None:
+            outcome.first_byte_at = time.monotonic()
+        outcome.delivered.append(chunk)
+        buffer = pending + chunk if pending else chunk
+        end = _event_start(buffer, len(buffer))
+        if not end:
+            pending = buffer
+            continue
+        pending = buffer[end:]
+        whole = buffer[:end]
+        _note_events(whole, outcome)
+        # Whole events only: a keep-alive the handler sends in a pause then falls between two events.
+        yield whole
+        if outcome.finished:
+            return
+    # An event the upstream never finished is dropped: guard_relay's error event says what happened.
 
 
-def _note_event(event: bytes, outcome: MessagesOutcome) -> bool:
-    """Read what billing needs from one relayed event; True once the message is complete."""
+def _next_billed(whole: bytes, start: int) -> int:
+    """Where the next `message_` or `"error"` is (-1: none): two byte searches, faster than one regex."""
+    message, error = whole.find(b"message_", start), whole.find(b'"error"', start)
+    return message if error == -1 or (message != -1 and message < error) else error
+
+
+def _note_events(whole: bytes, outcome: MessagesOutcome) -> None:
+    """Read what billing needs from the whole events in `whole`: only the events that can be a
+    message_* or an error are cut out and read; the deltas between them (most of a stream) are not."""
+    found = _next_billed(whole, 0)
+    while found != -1:
+        start = _event_start(whole, found)
+        index, length = next_boundary(whole, found)
+        end = len(whole) if index == -1 else index + length
+        _note_event(whole[start:end], outcome)
+        found = _next_billed(whole, end)
+
+
+def _note_event(event: bytes, outcome: MessagesOutcome) -> None:
+    """Read what billing needs from one relayed event; `outcome.finished` once the message is complete."""
     payload = data_of(event)
     if not payload:
-        return False
+        return
     found = _TYPE.search(payload, 0, 40)  # Anthropic's events start with their type
     if found is None:
-        return False
+        return
     kind = found.group(1)
     if kind == b"message_stop":
-        return True
+        outcome.finished = True
+        return
     try:
         parsed = json.loads(payload)
     except ValueError:
-        return False
+        return
     if kind == b"message_start":
         message = parsed.get("message") or {}
         outcome.generation_id = str(message.get("id") or "")
@@ -170,7 +168,6 @@ def _note_event(event: bytes, outcome: MessagesOutcome) -> bool:
     else:
         outcome.status = "failed"
         outcome.upstream_error_relayed = True
-    return False
 
 
 def delivered_message_text(outcome: MessagesOutcome) -> str:
@@ -191,6 +188,11 @@ def delivered_message_text(outcome: MessagesOutcome) -> str:
 
 
 # ---- every other model: chat completions -> Anthropic events -----------------------------------
+
+
+_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%b","%b":%b}}\n\n'
+)
 
 
 class ChatStreamTranslator:
@@ -226,7 +228,7 @@ class ChatStreamTranslator:
             return b""
         out = b""
         if self.open == "thinking" and self.details:
-            out = self._delta("signature_delta", "signature", reasoning_signature(self.details))
+            out = self._delta(b"signature_delta", b"signature", reasoning_signature(self.details))
             self.details_sent = True
         self.open = None
         return out + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
@@ -254,21 +256,9 @@ class ChatStreamTranslator:
             "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
         )
 
-    def _delta(self, kind: str, key: str, text: str) -> bytes:
+    def _delta(self, kind: bytes, key: bytes, text: str) -> bytes:
         # The hot event of a stream, built without a dict: only the text needs JSON encoding.
-        return b"".join(
-            (
-                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
-                str(self.index).encode(),
-                b',"delta":{"type":"',
-                kind.encode(),
-                b'","',
-                key.encode(),
-                b'":',
-                json.dumps(text).encode(),
-                b"}}\n\n",
-            )
-        )
+        return _DELTA % (self.index, kind, key, encode_basestring_ascii(text).encode())
 
     def feed(self, chunk: dict) -> bytes:
         out = b""
@@ -283,13 +273,13 @@ class ChatStreamTranslator:
             if thinking := reasoning_text(delta):
                 if self.open != "thinking":
                     out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-                out += self._delta("thinking_delta", "thinking", thinking)
+                out += self._delta(b"thinking_delta", b"thinking", thinking)
                 self.outcome.text.append(thinking)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 if self.open != "text":
                     out += self._open("text", {"type": "text", "text": ""})
-                out += self._delta("text_delta", "text", content)
+                out += self._delta(b"text_delta", b"text", content)
                 self.outcome.text.append(content)
             for call in delta.get("tool_calls") or []:
                 out += self._tool_call(call)
@@ -312,7 +302,7 @@ class ChatStreamTranslator:
             self.saw_tool_call = True
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            out += self._delta("input_json_delta", "partial_json", arguments)
+            out += self._delta(b"input_json_delta", b"partial_json", arguments)
             self.outcome.text.append(arguments)
         return out
 
@@ -322,71 +312,59 @@ class ChatStreamTranslator:
         self.outcome.note_usage(usage, final=self.usage is not None)
         delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
         closing = self._close() + self._redacted() + self._close()
-        return closing + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
+        return closing + sse("message_delta", delta) + _MESSAGE_STOP
 
 
-async def translate_chat_events(
-    upstream: UpstreamResponse, *, message_id: str, model: str, outcome: MessagesOutcome
+def translate_chat_events(
+    upstream: UpstreamResponse, *, translator: ChatStreamTranslator, outcome: MessagesOutcome
 ) -> AsyncGenerator[bytes, None]:
-    translator = ChatStreamTranslator(message_id=message_id, model=model, outcome=outcome)
+    """A chat stream as Anthropic's events, from the first content block on: the stream's opening
+    (translator.start(), message_start and ping) is the caller's to send first."""
+    return guard_relay(
+        _translated_events(upstream, translator, outcome), upstream, outcome=outcome, error_event=_stream_error
+    )
+
+
+async def _translated_events(
+    upstream: UpstreamResponse, translator: ChatStreamTranslator, outcome: MessagesOutcome
+) -> AsyncGenerator[bytes, None]:
     events = _Events()
-    finished = False
-    metrics.stream_opened()
-    try:
-        yield translator.start()
-        assert upstream.chunks is not None
-        async for chunk in upstream.chunks:
-            out: list[bytes] = []
-            for event in events.feed(chunk):
-                if event.startswith(b":"):
-                    out.append(PING)  # the upstream's keep-alive comment, as Anthropic's keep-alive
-                    continue
-                payload = data_of(event)
-                if payload is None:
-                    continue
-                if payload == b"[DONE]":
-                    finished = True
-                    break
-                try:
-                    parsed: Any = json.loads(payload)
-                    if not isinstance(parsed, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    outcome.status, outcome.error_kind = "failed", "malformed"
-                    out.append(error_event(error_type="api_error", message="The upstream sent a malformed event."))
-                    yield b"".join(out)
-                    return
-                if outcome.first_byte_at is None:
-                    outcome.first_byte_at = time.monotonic()
-                    outcome.generation_id = str(parsed.get("id") or "")
-                if parsed.get("error"):
-                    outcome.status = "failed"
-                    outcome.upstream_error_relayed = True
-                    message = _upstream_error_message(parsed["error"])
-                    out.append(error_event(error_type="api_error", message=message))
-                    yield b"".join(out)
-                    return
-                out.append(translator.feed(parsed))
-            if finished:
-                out.append(translator.finish())
-            if out:
+    assert upstream.chunks is not None
+    async for chunk in upstream.chunks:
+        out: list[bytes] = []
+        for event in events.feed(chunk):
+            if event.startswith(b":"):
+                out.append(PING)  # the upstream's keep-alive comment, as Anthropic's keep-alive
+                continue
+            payload = data_of(event)
+            if payload is None:
+                continue
+            if payload == b"[DONE]":
+                outcome.finished = True
+                break
+            try:
+                parsed: Any = json.loads(payload.decode())  # a str: json.loads skips detecting the encoding
+                if not isinstance(parsed, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                outcome.status, outcome.error_kind = "failed", "malformed"
+                out.append(error_event(error_type="api_error", message="The upstream sent a malformed event."))
                 yield b"".join(out)
-            if finished:
                 return
-        outcome.status = "failed"
-        outcome.error_kind = "stream_dropped"
-        yield error_event(error_type="api_error", message="The upstream closed the stream before it finished.")
-    except ProviderError as exc:
-        outcome.status = "failed"
-        outcome.error_kind = "timeout" if exc.status == 504 else "stream_dropped"
-        yield error_event(error_type="api_error", message=exc.message)
-    except asyncio.CancelledError:
-        outcome.status = "client_disconnected"
-        raise
-    except GeneratorExit:
-        if not finished:
-            outcome.status = "client_disconnected"
-        raise
-    finally:
-        metrics.stream_closed()
-        await upstream.close(finished=finished)
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = time.monotonic()
+                outcome.generation_id = str(parsed.get("id") or "")
+            if parsed.get("error"):
+                outcome.status = "failed"
+                outcome.upstream_error_relayed = True
+                message = _upstream_error_message(parsed["error"])
+                out.append(error_event(error_type="api_error", message=message))
+                yield b"".join(out)
+                return
+            out.append(translator.feed(parsed))
+        if outcome.finished:
+            out.append(translator.finish())
+        if out:
+            yield b"".join(out)
+        if outcome.finished:
+            return

@@ -20,12 +20,13 @@ from gateway.core import calls as services
 from gateway.core import validation
 from gateway.core.calls import Completion, CompletionStream, GatewayCall
 from gateway.core.routing import Route, route_chat
-from gateway.core.upstream_fields import UPSTREAM_CONTROL_FIELDS
+from gateway.core.upstream_fields import OMITTED_TOOLS_HEADER, UPSTREAM_CONTROL_FIELDS
 from gateway.errors import ApiError
 from gateway.providers.base import UpstreamCall
 from gateway.surfaces.anthropic import translate
 from gateway.surfaces.anthropic.adapt import Adaptation, adapt_request
 from gateway.surfaces.anthropic.events import (
+    ChatStreamTranslator,
     MessagesOutcome,
     delivered_message_text,
     relay_message_events,
@@ -54,12 +55,13 @@ def _check_routing(body: dict, entry: catalogue.CatalogueEntry) -> None:
             )
 
 
-async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route]:
+async def _admit(caller: ApiCaller, body: dict) -> tuple[Resolved, Route, Adaptation]:
     try:
         translate.check_request(body)
         resolved = await resolve_model(body.get("model"), caller.workspace, key=caller.grant)
         _check_routing(body, resolved.entry)
-        return resolved, route_chat(entry=resolved.entry, caller=caller)
+        adaptation = adapt_request(body, resolved, web_search_allowed=caller.workspace.includes_web_search)
+        return resolved, route_chat(entry=resolved.entry, caller=caller), adaptation
     except ApiError:
         if caller.unconfirmed_epoch is not None:
             # A refusal must rest on current access (a plan upgraded a moment ago, say), not on memory.
@@ -104,6 +106,7 @@ def usage_record(
         latency_ms=int((time.monotonic() - outcome.started) * 1000),
         generation_id=outcome.generation_id,
         tokens_estimated=estimated,
+        web_search_requests=outcome.web_search_requests,
     )
 
 
@@ -126,8 +129,7 @@ async def create_message(
     idempotency_key: str | None = None,
 ) -> GatewayCall:
     """`body` and `raw` from passthrough.parse_body of `raw_body` (the view parses, to label the request)."""
-    resolved, route = await _admit(caller, body)
-    adaptation = adapt_request(body, resolved)
+    resolved, route, adaptation = await _admit(caller, body)
     return await services.idempotently(
         caller=caller,
         idempotency_key=idempotency_key,
@@ -194,13 +196,21 @@ async def _create_admitted(
     upstream = await services.send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
 
     response_headers = reservation.budget.headers()
+    # A chat model gets no server tool at all (translate leaves them out); a Claude model those the plan includes.
+    omitted = adaptation.omitted_tools if claude else translate.server_tool_types(body)
+    if omitted:
+        response_headers[OMITTED_TOOLS_HEADER] = ",".join(omitted)
     if stream:
         if claude:
             relay = relay_message_events(upstream, outcome=outcome)
-        else:
-            message_id = translate.new_message_id()
-            relay = translate_chat_events(upstream, message_id=message_id, model=entry.slug, outcome=outcome)
-        return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
+            return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
+        translator = ChatStreamTranslator(message_id=translate.new_message_id(), model=entry.slug, outcome=outcome)
+        relay = translate_chat_events(upstream, translator=translator, outcome=outcome)
+        # message_start and ping leave with the first translated events, in one send.
+        opening = translator.start()
+        return GatewayCall(
+            result=CompletionStream(chunks=relay, headers=response_headers, opening=opening), finish=finish
+        )
 
     answer = await services.read_completion(upstream, outcome=outcome, finish=finish)
     if (answer.get("type") == "error") if claude else not answer.get("choices"):

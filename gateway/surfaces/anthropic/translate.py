@@ -11,11 +11,13 @@ model's reasoning as thinking blocks, usage split into input and cache-read toke
 from __future__ import annotations
 
 import json
+import random
 import secrets
 from typing import Any
 
 from gateway.core import sealing
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.errors import ApiError, invalid_request
 
 STOP_REASONS = {
@@ -30,7 +32,9 @@ _DEFAULT_EFFORT = "medium"
 
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    # Unique, not secret (the client gets it and nothing is looked up by it): no getrandom syscall,
+    # which releases the GIL (see gateway.asgi.new_request_id).
+    return f"msg_{random.getrandbits(96):024x}"
 
 
 def _type_error(param: str, expected: str) -> ApiError:
@@ -188,11 +192,21 @@ def chat_messages(body: dict) -> list[dict]:
     return out
 
 
+def _is_chat_tool(tool: object) -> bool:
+    # Server tools (web_search_..., bash_..., code_execution_...) run at Anthropic; a chat model cannot.
+    return isinstance(tool, dict) and tool.get("type") in (None, "custom") and bool(tool.get("name"))
+
+
+def server_tool_types(body: dict) -> tuple[str, ...]:
+    """The types of the tools a chat model is not offered, in request order, once each."""
+    tools = found if isinstance(found := body.get("tools"), list) else []
+    return tuple(dict.fromkeys(str(t.get("type")) for t in tools if isinstance(t, dict) and not _is_chat_tool(t)))
+
+
 def _chat_tools(tools: list) -> list[dict]:
     out = []
     for tool in tools:
-        # Server tools (web_search_..., bash_..., code_execution_...) run at Anthropic; a chat model cannot.
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or not tool.get("name"):
+        if not _is_chat_tool(tool):
             continue
         function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):
@@ -283,12 +297,15 @@ def anthropic_usage(usage: object) -> dict:
     prompt = _count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
     cached = min(_count(details.get("cached_tokens")) if isinstance(details, dict) else 0, prompt)
-    return {
+    translated: dict = {
         "input_tokens": prompt - cached,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
         "output_tokens": _count(usage.get("completion_tokens")),
     }
+    if searches := web_search_requests(usage):
+        translated["server_tool_use"] = {"web_search_requests": searches}  # Anthropic's spelling is OpenRouter's
+    return translated
 
 
 def message_from_chat(completion: dict, *, model: str) -> dict:

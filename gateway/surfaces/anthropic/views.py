@@ -69,11 +69,21 @@ def _respond(request: HttpRequest, call: GatewayCall) -> HttpResponseBase:
     add_finalizer(request, call.finish)
     result = call.result
     if isinstance(result, CompletionStream):
-        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING)
+        return EventStreamResponse(result.chunks, headers=result.headers, heartbeat=PING, opening=result.opening)
     response = HttpResponse(result.body, status=result.status, content_type="application/json")
     for header, value in result.headers.items():
         response[header] = value
     return response
+
+
+_ANTHROPIC_HEADERS = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
+
+
+def _anthropic_headers(request: HttpRequest) -> dict[str, str]:
+    """anthropic-version and anthropic-beta as sent, read from META: `request.headers` would build a
+    mapping of every header of every request for these two."""
+    meta = request.META
+    return {name: meta[key] for name, key in _ANTHROPIC_HEADERS if key in meta}
 
 
 def _parsed_body(request: ApiRequest) -> tuple[dict, RawBody]:
@@ -95,7 +105,7 @@ class MessagesView(AnthropicView):
             raw_body=http_request.body,
             body=body,
             raw=raw,
-            headers=http_request.headers,
+            headers=_anthropic_headers(http_request),
             request_id=http_request.request_id,
             idempotency_key=request.META.get("HTTP_IDEMPOTENCY_KEY"),
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.output import (
     call_item,
@@ -18,6 +19,8 @@ from gateway.surfaces.openai.responses.output import (
     response_object,
     response_usage,
     text_part,
+    url_citations,
+    web_search_item,
 )
 from gateway.surfaces.openai.responses.tools import CustomInputStream, ToolMap
 
@@ -32,9 +35,10 @@ class _OpenPart:
     kind: str  # "output_text" | "refusal"
     content_index: int
     text: str = ""
+    annotations: list[dict] = field(default_factory=list)
 
     def part(self) -> dict:
-        return text_part(self.text) if self.kind == "output_text" else refusal_part(self.text)
+        return text_part(self.text, self.annotations) if self.kind == "output_text" else refusal_part(self.text)
 
 
 @dataclass
@@ -51,6 +55,13 @@ class _OpenReasoning:
     text: str = ""
     part_open: bool = False  # the summary part is announced with the first text
     details: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _OpenSearch:
+    item_id: str
+    output_index: int
+    citations: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +107,9 @@ class ResponseEventStream:
         self._reasoning: _OpenReasoning | None = None
         self._message: _OpenMessage | None = None
         self._calls: dict[int, _OpenCall] = {}  # by the chat tool call's index
+        self._search: _OpenSearch | None = None
+        self._searched = False  # a web_search_call item was added (one per response)
+        self._pending_citations: list[dict] = []  # citations waiting for the message text they annotate
         self._finish_reason: object = None
         self._usage: dict | None = None
         self.ended = False
@@ -183,6 +197,7 @@ class ResponseEventStream:
         if self._message is not None:
             return self._message, []
         events = self._close_reasoning("completed")  # the reasoning is over once the answer starts
+        events.extend(self._close_search("completed"))  # and so are the searches it was based on
         message = _OpenMessage(item_id=new_item_id("msg"), output_index=len(self._output))
         item = {"id": message.item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
         self._output.append(item)
@@ -224,6 +239,9 @@ class ResponseEventStream:
                 "output_index": message.output_index,
                 "content_index": part.content_index,
             }
+            if part.kind == "output_text" and self._pending_citations:
+                events.extend(self._annotate(part, where, self._pending_citations))
+                self._pending_citations = []
             if part.kind == "output_text":
                 events.append(self._event("response.output_text.done", **where, text=part.text, logprobs=[]))
             else:
@@ -238,6 +256,65 @@ class ResponseEventStream:
         }
         self._output[message.output_index] = item
         events.append(self._item_event("response.output_item.done", message.output_index, item))
+        return events
+
+    # -- web searches: one web_search_call item, and the citations they produced on the message text --
+
+    def _open_search(self) -> list[dict]:
+        if self._searched:
+            return []
+        self._searched = True
+        search = _OpenSearch(item_id=new_item_id("ws"), output_index=len(self._output))
+        self._search = search
+        item = web_search_item(item_id=search.item_id, status="in_progress", citations=[], sources=False)
+        self._output.append(item)
+        where = {"item_id": search.item_id, "output_index": search.output_index}
+        return [
+            self._item_event("response.output_item.added", search.output_index, item),
+            self._event("response.web_search_call.in_progress", **where),
+            self._event("response.web_search_call.searching", **where),
+        ]
+
+    def _close_search(self, status: str) -> list[dict]:
+        search, self._search = self._search, None
+        if search is None:
+            return []
+        item = web_search_item(
+            item_id=search.item_id, status=status, citations=search.citations, sources=self.tools.search_sources
+        )
+        self._output[search.output_index] = item
+        events = []
+        if status == "completed":
+            where = {"item_id": search.item_id, "output_index": search.output_index}
+            events.append(self._event("response.web_search_call.completed", **where))
+        events.append(self._item_event("response.output_item.done", search.output_index, item))
+        return events
+
+    def _annotate(self, part: _OpenPart, where: dict, citations: list[dict]) -> list[dict]:
+        events = []
+        for citation in citations:
+            part.annotations.append(citation)
+            events.append(
+                self._event(
+                    "response.output_text.annotation.added",
+                    **where,
+                    annotation_index=len(part.annotations) - 1,
+                    annotation=dict(citation),
+                )
+            )
+        return events
+
+    def _citations(self, citations: list[dict]) -> list[dict]:
+        events = self._open_search()
+        if self._search is not None:
+            self._search.citations.extend(citations)
+        message = self._message
+        part = message.parts.get("output_text") if message is not None else None
+        if message is None or part is None:
+            self._pending_citations.extend(citations)  # annotated once the message's text is there
+            return events
+        where = {"item_id": message.item_id, "output_index": message.output_index, "content_index": part.content_index}
+        events.extend(self._annotate(part, where, citations))
         return events
 
     # -- call items: function calls, and custom tool calls whose input streams as text --
@@ -334,6 +411,11 @@ class ResponseEventStream:
             for call_delta in delta.get("tool_calls") or []:
                 if isinstance(call_delta, dict):
                     events.extend(self._call_delta(call_delta))
+            if self.tools.web_search:
+                # OpenRouter sends the results in the delta; some providers put them on the choice.
+                citations = url_citations(delta.get("annotations")) + url_citations(choice.get("annotations"))
+                if citations:
+                    events.extend(self._citations(citations))
         return events
 
     def finish(self, *, completed_at: int) -> list[dict]:
@@ -352,7 +434,12 @@ class ResponseEventStream:
             events.append(self._item_event("response.output_item.done", 0, item))
         else:
             events.extend(self._close_reasoning(item_status))
-            if self._message is None and not any(item["type"] != "reasoning" for item in self._output):
+            if self.tools.web_search and web_search_requests(self._usage):
+                events.extend(self._open_search())  # searches the usage reports, with no citations to show
+            events.extend(self._close_search(item_status))
+            if self._message is None and not any(
+                item["type"] not in ("reasoning", "web_search_call") for item in self._output
+            ):
                 events.extend(self._open_message()[1])
                 events.extend(self._message_delta_empty())
             events.extend(self._close_message(item_status))
@@ -399,6 +486,13 @@ class ResponseEventStream:
             item["content"] = [part.part() for part in self._message.parts.values()]
         for call in self._calls.values():
             self._output[call.output_index] = self._call(call, "incomplete")
-        self._reasoning, self._message, self._calls = None, None, {}
+        if self._search is not None:
+            self._output[self._search.output_index] = web_search_item(
+                item_id=self._search.item_id,
+                status="incomplete",
+                citations=self._search.citations,
+                sources=self.tools.search_sources,
+            )
+        self._reasoning, self._message, self._calls, self._search = None, None, {}, None
         response = self._response("failed", usage=response_usage(self._usage), error={"code": code, "message": message})
         return [self._event("response.failed", response=response)]

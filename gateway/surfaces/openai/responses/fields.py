@@ -26,7 +26,11 @@ FIELDS: dict[str, tuple[Fate, str]] = {
     "input": (Fate.TRANSLATED, "chat messages; compaction items expanded, reasoning items kept out"),
     "instructions": (Fate.TRANSLATED, "a system message first"),
     "stream": (Fate.TRANSLATED, "stream + stream_options.include_usage"),
-    "tools": (Fate.TRANSLATED, "function tools; hosted tools left out (x-writingmate-omitted-tools)"),
+    "tools": (
+        Fate.TRANSLATED,
+        "function tools; web search as `openrouter:web_search` when the plan includes it; other hosted tools left "
+        "out (x-writingmate-omitted-tools)",
+    ),
     "tool_choice": (Fate.TRANSLATED, "chat tool_choice; forcing a left-out tool is a 400"),
     "parallel_tool_calls": (Fate.TRANSLATED, "sent only with tools"),
     "max_output_tokens": (Fate.TRANSLATED, "max_tokens"),
@@ -40,7 +44,7 @@ FIELDS: dict[str, tuple[Fate, str]] = {
     "metadata": (Fate.ECHOED, "checked: at most 16 string values"),
     "max_tool_calls": (Fate.ECHOED, "a chat upstream cannot cap calls across a turn"),
     "truncation": (Fate.ECHOED, "we never trim input; 'auto' behaves as 'disabled'"),
-    "include": (Fate.DROPPED, "reasoning.encrypted_content and the rest accepted; logprobs are not returned"),
+    "include": (Fate.DROPPED, "web_search_call.action.sources honoured; the rest accepted; logprobs are not returned"),
     "top_logprobs": (Fate.DROPPED, "output logprobs are not returned on /v1/responses"),
     "store": (Fate.TRANSLATED, "true (the default) keeps the Response for the workspace; never sent upstream"),
     "service_tier": (Fate.DROPPED, "OpenRouter picks the provider tier"),

@@ -6,6 +6,7 @@ import uuid
 
 from gateway.core import sealing
 from gateway.core.reasoning import merge_reasoning_details, reasoning_text
+from gateway.core.streaming import web_search_requests
 from gateway.surfaces.openai.responses import compaction
 from gateway.surfaces.openai.responses.tools import ToolMap, custom_input
 
@@ -46,8 +47,42 @@ def response_usage(usage: object) -> dict:
     }
 
 
-def text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, annotations: list[dict] | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": list(annotations or []), "logprobs": []}
+
+
+def url_citations(annotations: object) -> list[dict]:
+    """Chat `annotations` (OpenRouter's web results: `{"type": "url_citation", "url_citation": {...}}`)
+    as Responses url_citation annotations; anything else, or without a URL, is dropped."""
+    citations = []
+    for annotation in annotations if isinstance(annotations, list) else []:
+        if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+            continue
+        found = annotation.get("url_citation")
+        cited = found if isinstance(found, dict) else annotation  # some providers send the fields flat
+        url = cited.get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        citations.append(
+            {
+                "type": "url_citation",
+                "start_index": _count(cited.get("start_index")),
+                "end_index": _count(cited.get("end_index")),
+                "url": url,
+                "title": cited.get("title") if isinstance(cited.get("title"), str) else url,
+            }
+        )
+    return citations
+
+
+def web_search_item(*, item_id: str, status: str, citations: list[dict], sources: bool) -> dict:
+    """The upstream's searches as one web_search_call item: OpenRouter reports neither the queries nor
+    which search found which result, so there is one item, its action without a query, and (when the
+    client asked for them) the cited URLs as its sources."""
+    action: dict = {"type": "search"}
+    if sources:
+        action["sources"] = [{"type": "url", "url": url} for url in dict.fromkeys(c["url"] for c in citations)]
+    return {"id": item_id, "type": "web_search_call", "status": status, "action": action}
 
 
 def refusal_part(refusal: str) -> dict:
@@ -192,9 +227,16 @@ def response_from_chat(
         output.append(reasoning_item(item_id=new_item_id("rs"), text=reasoning, status=item_status, details=details))
     text, refusal = message.get("content"), message.get("refusal")
     tool_calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    citations = url_citations(message.get("annotations")) if tools.web_search else []
+    if citations or (tools.web_search and web_search_requests(completion.get("usage"))):
+        output.append(
+            web_search_item(
+                item_id=new_item_id("ws"), status="completed", citations=citations, sources=tools.search_sources
+            )
+        )
     content: list[dict] = []
     if isinstance(text, str) and (text or not tool_calls):
-        content.append(text_part(text))
+        content.append(text_part(text, citations))
     if isinstance(refusal, str) and refusal:
         content.append(refusal_part(refusal))
     if content or not tool_calls:

@@ -18,12 +18,14 @@ from gateway.surfaces.openai.responses.tools import (
     ToolMap,
     translate_tool_choice,
     translate_tools,
+    upstream_tool_choice,
 )
 
 _MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = ("input_text", "output_text")
 _MIN_OUTPUT_TOKENS = 16  # OpenAI's own lower bound for max_output_tokens
 _MAX_METADATA_KEYS = 16
+SEARCH_SOURCES = "web_search_call.action.sources"  # the `include` value that asks for a search's sources
 _STATEFUL_PARAMS = {
     "previous_response_id": "continues a stored response",  # resolved before translation when stored
     "conversation": "continues a stored conversation",
@@ -383,17 +385,20 @@ def _echoed_tools(tools: object) -> list:
     return echoed
 
 
-def chat_request_from_responses(body: dict, *, compact: bool = False) -> ChatTranslation:
+def chat_request_from_responses(
+    body: dict, *, compact: bool = False, web_search_allowed: bool = False
+) -> ChatTranslation:
     """Validate a Responses request and translate it; every refusal is a 400 naming its parameter.
 
     `compact`: the request asks for a compaction (POST /responses/compact); an input that ends with a
-    compaction trigger item asks for one too.
+    compaction trigger item asks for one too. `web_search_allowed`: the workspace's plan includes
+    hosted web search.
     """
     _refuse_unsupported(body)
     items = _input_items(body)
     if items and isinstance(items[-1], dict) and items[-1].get("type") == compaction.TRIGGER_ITEM:
         items, compact = items[:-1], True
-    chat_tools, tool_map = translate_tools(body.get("tools"))
+    chat_tools, tool_map = translate_tools(body.get("tools"), web_search_allowed=web_search_allowed)
     messages = _messages_from_items(items, tool_map)
     instructions = body.get("instructions")
     if instructions is not None:
@@ -431,6 +436,7 @@ def chat_request_from_responses(body: dict, *, compact: bool = False) -> ChatTra
     elif callable_tools:
         # Chat upstreams reject tool_choice and parallel_tool_calls without tools, so only send them with tools.
         chat["tools"] = callable_tools
+        tool_choice = upstream_tool_choice(tool_choice, callable_tools)
         if tool_choice is not None:
             chat["tool_choice"] = tool_choice
         if parallel is not None:
@@ -472,6 +478,7 @@ def chat_request_from_responses(body: dict, *, compact: bool = False) -> ChatTra
     }
     if body.get("user") is not None:
         echo["user"] = body["user"]  # a string when present; the spec has no null for it
+    tool_map.search_sources = SEARCH_SOURCES in (body.get("include") or [])
     return ChatTranslation(
         chat_body=chat, echo=echo, stream=stream, tools=tool_map, compact=compact, input_items=list(items)
     )

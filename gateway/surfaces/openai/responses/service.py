@@ -102,14 +102,18 @@ async def _response_events(
         await relay.aclose()
 
 
-def _translate(body: dict, plan: StoragePlan, *, compact: bool) -> ChatTranslation:
+def _translate(body: dict, plan: StoragePlan, *, compact: bool, web_search_allowed: bool) -> ChatTranslation:
     if compact:
         body = {**body, "stream": False, "tools": None, "tool_choice": None}  # a compaction is one whole answer
     try:
-        translation = chat_request_from_responses(body, compact=compact)
+        translation = chat_request_from_responses(body, compact=compact, web_search_allowed=web_search_allowed)
     except ApiError as error:
         raise plan.remap_error(error) from None
-    validation.check_chat_request(translation.chat_body)  # the chat path's own checks, as a backstop
+    # The chat path's own checks, as a backstop; they know function tools only, not the search server tool.
+    chat_body = translation.chat_body
+    if translation.tools.web_search:
+        chat_body = {**chat_body, "tools": [t for t in chat_body.get("tools", []) if t["type"] == "function"] or None}
+    validation.check_chat_request(chat_body)
     echo = {**translation.echo, "store": plan.store, "previous_response_id": plan.previous_response_id}
     return dataclasses.replace(translation, echo=echo)
 
@@ -146,7 +150,9 @@ async def create_response(
     model, entry = await admit(
         caller=caller,
         body=plan.body,
-        check=lambda raw: translations.append(_translate(raw, plan, compact=compact)),
+        check=lambda raw: translations.append(
+            _translate(raw, plan, compact=compact, web_search_allowed=caller.workspace.includes_web_search)
+        ),
         kind="chat",
     )
     translation = translations[0]

@@ -8,8 +8,11 @@ A chat upstream knows only function tools, so:
 - `custom` (free-form text input, e.g. Codex's `apply_patch`) goes as a function with one string
   parameter, `input`, whose description carries the format or grammar; its calls come back as
   `custom_tool_call` items carrying that string;
-- tools the upstream runs itself (web search, code interpreter, ...) are left out of the upstream call
-  and named in the `x-writingmate-omitted-tools` header (docs/decisions.md says why).
+- web search, when the workspace's plan includes it, goes as OpenRouter's `openrouter:web_search`
+  server tool (OpenRouter runs the searches; the results come back as url_citation annotations);
+- every other tool the upstream would run itself (code interpreter, file search, ...), and web search
+  the plan does not include, is left out of the upstream call and named in the
+  `x-writingmate-omitted-tools` header (docs/decisions.md says why).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from gateway.core.upstream_fields import OMITTED_TOOLS_HEADER
 from gateway.errors import ApiError, invalid_request
 
 # Tools that something other than the client runs: OpenAI's servers (web and file search, code,
@@ -44,7 +48,13 @@ HOSTED_TOOL_TYPES = frozenset(
         "tool_search",
     }
 )
-OMITTED_TOOLS_HEADER = "x-writingmate-omitted-tools"
+WEB_SEARCH_TOOL_TYPES = frozenset(
+    {"web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26"}
+)
+UPSTREAM_WEB_SEARCH = "openrouter:web_search"
+# OpenRouter's cap on results across all searches of one request: it bounds what one message can cost
+# us in searches (OpenAI's tool has no such knob, so nothing the client asked for is overridden).
+WEB_SEARCH_MAX_TOTAL_RESULTS = 10
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool's upstream function
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAMESPACE_SEPARATOR = "__"
@@ -66,6 +76,8 @@ class ToolMap:
     by_upstream: dict[str, ClientTool] = field(default_factory=dict)
     upstream: dict[tuple[str | None, str], str] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)  # tool types left out, in request order, once each
+    web_search: str | None = None  # the client's web search tool type, when it goes upstream
+    search_sources: bool = False  # include: ["web_search_call.action.sources"]
 
     def client_tool(self, upstream_name: str) -> ClientTool:
         return self.by_upstream.get(upstream_name) or ClientTool(kind="function", name=upstream_name)
@@ -165,8 +177,54 @@ def _custom(tool: dict, param: str, *, upstream_name: str) -> dict:
     }
 
 
-def translate_tools(tools: object) -> tuple[list[dict], ToolMap]:
-    """(chat tools, the map back); hosted tools are left out and listed in `ToolMap.omitted`."""
+def _string_list(value: object, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _type_error(param, "an array of strings", value)
+    return value
+
+
+def _web_search(tool: dict, param: str) -> dict:
+    """OpenAI's web search tool as OpenRouter's server tool, with the settings both have."""
+    parameters: dict = {"max_total_results": WEB_SEARCH_MAX_TOTAL_RESULTS}
+    size = tool.get("search_context_size")
+    if size is not None:
+        if size not in ("low", "medium", "high"):
+            raise invalid_request(
+                f"Invalid value for '{param}.search_context_size': {size!r}. Supported values: low, medium, high.",
+                param=f"{param}.search_context_size",
+                code="invalid_value",
+            )
+        parameters["search_context_size"] = size
+    filters = tool.get("filters")
+    if filters is not None:
+        if not isinstance(filters, dict):
+            raise _type_error(f"{param}.filters", "an object", filters)
+        if filters.get("allowed_domains") is not None:
+            parameters["allowed_domains"] = _string_list(filters["allowed_domains"], f"{param}.filters.allowed_domains")
+    location = tool.get("user_location")
+    if location is not None:
+        if not isinstance(location, dict):
+            raise _type_error(f"{param}.user_location", "an object", location)
+        kept = {k: v for k, v in location.items() if k in ("city", "country", "region", "timezone") and v is not None}
+        if kept:
+            parameters["user_location"] = {"type": "approximate", **kept}
+    return {"type": UPSTREAM_WEB_SEARCH, "parameters": parameters}
+
+
+def serves_web_search(tool: dict, *, allowed: bool) -> bool:
+    """Whether a web search tool goes upstream: the plan includes it and the client allows live results.
+
+    `external_web_access: false` (Codex's default) asks for cached results only; OpenRouter searches
+    only live, so that tool is left out rather than answered with what the client ruled out.
+    """
+    return allowed and tool.get("external_web_access") is not False
+
+
+def translate_tools(tools: object, *, web_search_allowed: bool = False) -> tuple[list[dict], ToolMap]:
+    """(chat tools, the map back); hosted tools not served are left out and listed in `ToolMap.omitted`.
+
+    `web_search_allowed`: the workspace's plan includes hosted web search.
+    """
     mapping = ToolMap()
     if tools is None:
         return [], mapping
@@ -204,6 +262,10 @@ def translate_tools(tools: object) -> tuple[list[dict], ToolMap]:
                 upstream = mapping._add(ClientTool(kind=member_kind, name=name, namespace=namespace))
                 build = _function if member_kind == "function" else _custom
                 chat_tools.append(build(member, member_param, upstream_name=upstream))
+        elif kind in WEB_SEARCH_TOOL_TYPES and serves_web_search(tool, allowed=web_search_allowed):
+            if mapping.web_search is None:  # one search tool upstream, however many the client listed
+                mapping.web_search = kind
+                chat_tools.append(_web_search(tool, param))
         elif isinstance(kind, str) and kind in HOSTED_TOOL_TYPES:
             if kind not in mapping.omitted:
                 mapping.omitted.append(kind)
@@ -248,7 +310,9 @@ def translate_tool_choice(choice: object, mapping: ToolMap, chat_tools: list[dic
             raise _type_error("tool_choice.tools", "an array", allowed)
         names = set()
         for tool in allowed:
-            if (
+            if isinstance(tool, dict) and tool.get("type") in WEB_SEARCH_TOOL_TYPES and mapping.web_search:
+                names.add(UPSTREAM_WEB_SEARCH)
+            elif (
                 isinstance(tool, dict)
                 and tool.get("type") in ("function", "custom")
                 and isinstance(tool.get("name"), str)
@@ -257,7 +321,7 @@ def translate_tool_choice(choice: object, mapping: ToolMap, chat_tools: list[dic
                 if upstream is not None:
                     names.add(upstream)
         mode = choice.get("mode") if choice.get("mode") in ("auto", "required") else "auto"
-        kept = [tool for tool in chat_tools if tool["function"]["name"] in names]
+        kept = [tool for tool in chat_tools if upstream_tool_name(tool) in names]
         if mode == "required" and not kept:
             raise invalid_request(
                 "'tool_choice' requires a call to one of its allowed tools, but none of them can be offered here "
@@ -266,6 +330,10 @@ def translate_tool_choice(choice: object, mapping: ToolMap, chat_tools: list[dic
                 code="invalid_value",
             )
         return (mode if kept else "none"), kept
+    if isinstance(kind, str) and kind.startswith("web_search") and mapping.web_search:
+        # A chat tool_choice cannot name a server tool: the search becomes the only tool offered, and
+        # the upstream model decides to use it (docs/decisions.md).
+        return None, [tool for tool in chat_tools if tool["type"] == UPSTREAM_WEB_SEARCH]
     if isinstance(kind, str) and (kind in HOSTED_TOOL_TYPES or kind.startswith("web_search")):
         raise invalid_request(
             f"'tool_choice' forces the {kind!r} tool, which this server leaves out of the upstream call "
@@ -276,6 +344,19 @@ def translate_tool_choice(choice: object, mapping: ToolMap, chat_tools: list[dic
     raise invalid_request(
         f"Invalid value for 'tool_choice.type': {kind!r}.", param="tool_choice.type", code="invalid_value"
     )
+
+
+def upstream_tool_name(chat_tool: dict) -> str:
+    """A chat tool's function name, or the server tool's type."""
+    return chat_tool["function"]["name"] if chat_tool["type"] == "function" else chat_tool["type"]
+
+
+def upstream_tool_choice(choice: object, chat_tools: list[dict]) -> object:
+    """The tool_choice to send with `chat_tools`: "required" asks for a function call, so with only the
+    search server tool on offer it is left out and the model decides whether to search."""
+    if choice == "required" and not any(tool["type"] == "function" for tool in chat_tools):
+        return None
+    return choice
 
 
 def custom_input(arguments: str) -> str:
