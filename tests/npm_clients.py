@@ -1,12 +1,15 @@
 """Pinned command-line clients from npm, installed by the test setup into the git-ignored .clients/ folder.
 
 Each client gets its own folder (`.clients/<name>/`) with exactly the pinned packages; a folder whose
-install is complete and pinned as asked is reused. In CI (CI or REQUIRE_SERVICES=1 set) a client that
+install is complete and pinned as asked is reused. Test processes running at once (the two halves of
+`.ci/run`, other checkouts sharing `.clients`) take a file lock per client, so one installs and the
+others wait for it and then reuse its folder. In CI (CI or REQUIRE_SERVICES=1 set) a client that
 cannot be installed fails the test; elsewhere, without npm, the test is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -34,6 +37,14 @@ def install_npm_client(
     library such as axe-core), `provides` names the file it must have put under node_modules/.
     """
     folder = CLIENTS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with (CLIENTS_DIR / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        return _install_unlocked(folder, packages, binary=binary, provides=provides)
+
+
+def _install_unlocked(folder: Path, packages: dict[str, str], *, binary: str | None, provides: str | None) -> Path:
+    name = folder.name
     stamp = folder / "installed.json"
     wanted = json.dumps(packages, sort_keys=True)
     expected = folder / "node_modules" / (f".bin/{binary}" if binary else str(provides))
@@ -42,7 +53,6 @@ def install_npm_client(
     npm = shutil.which("npm")
     if npm is None:
         _unavailable("npm is not installed: cannot install the pinned " + name)
-    folder.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     (folder / "package.json").write_text(json.dumps({"name": f"writingmate-{name}-tests", "private": True}))
     specs = [f"{package}@{version}" for package, version in packages.items()]

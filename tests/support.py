@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from django.db import OperationalError
 from accounts import access
 from accounts.models import Plan, User
 from apikeys import authentication, throttling
+from apikeys.models import DeveloperKey
 from apikeys.services import create_api_key
-from billing.models import UsageEvent
+from billing.models import Refusal, UsageEvent
 from billing.refusals import reset_refusal_buffer
 from gateway import catalogue
 from gateway.surfaces.anthropic import models as anthropic_models
@@ -124,3 +126,27 @@ def wait_for_usage_events(count: int, timeout: float = 5.0, *, workspace_id: int
             assert len(events) == count, f"expected {count} usage events, found {len(events)}"
             return events
         time.sleep(0.02)
+
+
+def record_limit_refusals(
+    key: DeveloperKey, *, workspace, day: dt.date, at: dt.datetime, count: int, group: str
+) -> Refusal:
+    """`count` requests of `key` refused at its daily limit in the minute of `at`, as the refusal writer
+    records them."""
+    return Refusal.objects.create(
+        minute=at.replace(second=0, microsecond=0),
+        day=day,
+        status=429,
+        code="daily_limit_exceeded",
+        endpoint="chat.completions",
+        key=key,
+        key_prefix=key.prefix,
+        user=key.user,
+        workspace=workspace,
+        model="openai/gpt-5-mini",
+        address="10.0.0.7",
+        count=count,
+        first_at=at,
+        last_at=at,
+        group=group,
+    )

@@ -22,7 +22,7 @@ from billing.models import DailyKeyModelCount, DailyMessageCount, Refusal, Usage
 from billing.quotas import billing_day
 from billing.refusals import flush_refusals_sync, note_refusal
 from billing.rollups import rollup_daily_message_counts
-from tests.support import make_user
+from tests.support import make_user, record_limit_refusals
 
 pytestmark = pytest.mark.django_db
 
@@ -84,23 +84,7 @@ def yesterday_usage():
     rollup_daily_message_counts(days=[yesterday, billing_day()])
     # Refusals: Bob's key hit the limit 3 times yesterday; an unknown key once.
     at = timezone.now() - dt.timedelta(days=1)
-    Refusal.objects.create(
-        minute=at.replace(second=0, microsecond=0),
-        day=yesterday,
-        status=429,
-        code="daily_limit_exceeded",
-        endpoint="chat.completions",
-        key=bob_key,
-        key_prefix=bob_key.prefix,
-        user=bob,
-        workspace=team,
-        model="openai/gpt-5-mini",
-        address="10.0.0.7",
-        count=3,
-        first_at=at,
-        last_at=at,
-        group="g1",
-    )
+    record_limit_refusals(bob_key, workspace=team, day=yesterday, at=at, count=3, group="g1")
     return {"alice": alice, "bob": bob, "team": team, "alice_key": alice_key, "bob_key": bob_key, "day": yesterday}
 
 

@@ -14,10 +14,9 @@ from accounts.models import Membership, User
 from apikeys.models import DeveloperKey
 from apikeys.services import create_api_key
 from billing.ledger import UsageRecord, record_usage
-from billing.models import Refusal
 from billing.quotas import billing_day
 from billing.rollups import rollup_daily_message_counts
-from tests.support import make_user
+from tests.support import make_user, record_limit_refusals
 from tests.test_browser_keys import browser, screenshot_dir  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -78,23 +77,7 @@ def test_the_auditors_question_in_three_clicks(browser, live_server, tmp_path: P
     used(bob, ci, "b-earlier", model="openai/gpt-5-mini", day=yesterday - dt.timedelta(days=1))
     rollup_daily_message_counts(days=[yesterday, yesterday - dt.timedelta(days=1)])
     at = dt.datetime.combine(yesterday, dt.time(12, 0), tzinfo=dt.UTC)
-    Refusal.objects.create(
-        minute=at,
-        day=yesterday,
-        status=429,
-        code="daily_limit_exceeded",
-        endpoint="chat.completions",
-        key=ci,
-        key_prefix=ci.prefix,
-        user=bob,
-        workspace=team,
-        model="openai/gpt-5-mini",
-        address="10.0.0.7",
-        count=2,
-        first_at=at,
-        last_at=at,
-        group="browser",
-    )
+    record_limit_refusals(ci, workspace=team, day=yesterday, at=at, count=2, group="browser")
     User.objects.create_superuser("auditor@example.com", PASSWORD)
 
     browser.get(f"{live_server.url}/admin/login/")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,65 +17,19 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
+from tests.browser_support import chromium
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 KEY_RE = re.compile(r"wmk_[0-9A-Za-z]{49}")
 
 
-def chromium_missing_reason() -> str | None:
-    """None when Chromium and its driver are there, installing them first if we can."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            return "Chromium is not installed at /usr/bin/chromium and apt-get is not usable here"
-        try:
-            subprocess.run(
-                ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-                check=True,
-                capture_output=True,
-                timeout=900,
-            )
-        except (subprocess.SubprocessError, OSError) as exc:
-            return f"Chromium is missing and `apt-get install chromium chromium-driver` failed: {exc}"
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        return "Chromium or chromedriver is missing (/usr/bin/chromium, /usr/bin/chromedriver)"
-    return None
-
-
 @pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    reason = chromium_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    # Selenium Manager must not go looking for (or downloading) browsers and drivers.
-    monkeypatch.setenv("SE_OFFLINE", "true")
-    profile = tempfile.mkdtemp(prefix="wm-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--window-size=1280,1400",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.implicitly_wait(5)
-
-    try:
+def browser() -> Iterator:
+    """Debian's headless Chromium (tests.browser_support: skipped without it, a failure in CI)."""
+    with chromium() as driver:
+        driver.implicitly_wait(5)
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def wait_for_url(browser, url: str) -> None:
