@@ -194,6 +194,63 @@ _DELTA = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%b","%b":%b}}\n\n'
 )
 
+# The events every translated stream has, as sse() writes them, without a dict and an encoder each.
+_MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":%b,"type":"message","role":"assistant",'
+    b'"model":%b,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":0,"output_tokens":0}}}\n\n'
+)
+_TEXT_START = (
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}\n\n'
+)
+_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+
+# Most of a chat stream is chunks that carry only a piece of text: one choice whose delta has `content`
+# and nothing that says anything (null reasoning, an empty reasoning_details), scalar top-level members
+# (no usage object, no error), finish_reason null or a reason. This matches exactly those, compact as
+# upstreams send them, so their text is read without json.loads; anything else is parsed. The text is
+# only printable ASCII without `"` or `\`: JSON-encoded, it is itself (as encode_basestring_ascii
+# writes it), so it goes into the event as it came.
+_INTEGER = rb"-?(?:0|[1-9][0-9]*)"  # as JSON writes one: json.loads refuses 007
+_SCALAR = rb'(?:"[ !#-\[\]-~]*"|' + _INTEGER + rb"|null)"  # strings: printable ASCII, no escape
+_TOP_MEMBER = rb'"(?!choices"|error")[a-z_]+":' + _SCALAR
+_DELTA_MEMBER = rb'"role":"[a-z]*"|"(?:reasoning|reasoning_content|refusal)":null|"reasoning_details":\[\]'
+_CHOICE_MEMBER = (
+    rb'"index":' + _INTEGER + rb'|"(?:logprobs|native_finish_reason)":(?:null|"[a-z_]*")|"finish_reason":(?:null|"[a-z_]+")'
+)
+_FINISH = b'"finish_reason":'
+_ID = b'"id":'
+_TEXT_CHUNK = re.compile(
+    rb'\{(?:' + _TOP_MEMBER + rb',)*"choices":\[\{(?:(?:' + _CHOICE_MEMBER + rb'),)*'
+    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"(?P<text>[ !#-\[\]-~]*)"(?:,(?:' + _DELTA_MEMBER + rb'))*\}'
+    rb'(?:,(?:' + _CHOICE_MEMBER + rb'))*\}\](?:,' + _TOP_MEMBER + rb')*\}'
+)
+
+
+def text_chunk(payload: bytes) -> tuple[bytes, bytes | None] | None:
+    """(the text, as it is JSON-encoded without its quotes; the finish_reason or None) of a chunk that
+    carries only text, read without parsing it; None for any other chunk."""
+    found = _TEXT_CHUNK.fullmatch(payload)
+    if found is None:
+        return None
+    at = payload.find(_FINISH)
+    if at == -1:
+        return found.group("text"), None
+    if payload.find(_FINISH, at + 1) != -1:  # a repeated key: json.loads would keep the last
+        return None
+    value = payload[at + len(_FINISH) : payload.index(b"}", at)].split(b",", 1)[0]
+    return found.group("text"), None if value == b"null" else value[1:-1]
+
+
+def text_chunk_id(payload: bytes) -> str | None:
+    """The id of a chunk text_chunk read, as str(parsed.get("id") or "") says it; None if it cannot tell."""
+    at = payload.find(_ID)
+    if at == -1:
+        return ""
+    start = at + len(_ID)
+    if payload.find(_ID, start) != -1 or payload[start : start + 1] != b'"':
+        return None  # a repeated or a numeric id: parsed
+    return payload[start + 1 : payload.index(b'"', start + 1)].decode("ascii")
+
 
 class ChatStreamTranslator:
     """Turns chat.completion.chunk payloads into Anthropic's events, one open content block at a time."""
@@ -211,17 +268,8 @@ class ChatStreamTranslator:
         self.details_sent = False
 
     def start(self) -> bytes:
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
-        }
-        return sse("message_start", {"type": "message_start", "message": message}) + PING
+        message_id, model = encode_basestring_ascii(self.message_id), encode_basestring_ascii(self.model)
+        return _MESSAGE_START % (message_id.encode(), model.encode()) + PING
 
     def _close(self) -> bytes:
         if self.open is None:
@@ -231,7 +279,7 @@ class ChatStreamTranslator:
             out = self._delta(b"signature_delta", b"signature", reasoning_signature(self.details))
             self.details_sent = True
         self.open = None
-        return out + sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return out + _BLOCK_STOP % self.index
 
     def _redacted(self) -> bytes:
         """reasoning_details that came without reasoning text: a redacted_thinking block carries them."""
@@ -252,6 +300,8 @@ class ChatStreamTranslator:
         out = self._close() if kind == "thinking" else self._redacted() + self._close()
         self.index += 1
         self.open = kind
+        if kind == "text":
+            return out + _TEXT_START % self.index
         return out + sse(
             "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
         )
@@ -285,6 +335,18 @@ class ChatStreamTranslator:
                 out += self._tool_call(call)
             if choice.get("finish_reason"):
                 self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        return out
+
+    def feed_text(self, text: bytes, finish_reason: bytes | None) -> bytes:
+        """feed() of a chunk that carries only text (text_chunk's answer), without the chunk as a dict."""
+        out = b""
+        if text:
+            if self.open != "text":
+                out = self._open("text", {"type": "text", "text": ""})
+            out += _DELTA % (self.index, b"text_delta", b"text", b'"%b"' % text)
+            self.outcome.text.append(text.decode("ascii"))
+        if finish_reason:
+            self.stop_reason = STOP_REASONS.get(finish_reason.decode("ascii"), "end_turn")
         return out
 
     def _tool_call(self, call: dict) -> bytes:
@@ -342,6 +404,16 @@ async def _translated_events(
             if payload == b"[DONE]":
                 outcome.finished = True
                 break
+            if (found := text_chunk(payload)) is not None:
+                if outcome.first_byte_at is None:
+                    if (generation_id := text_chunk_id(payload)) is None:
+                        found = None
+                    else:
+                        outcome.first_byte_at = time.monotonic()
+                        outcome.generation_id = generation_id
+                if found is not None:
+                    out.append(translator.feed_text(*found))
+                    continue
             try:
                 parsed: Any = json.loads(payload.decode())  # a str: json.loads skips detecting the encoding
                 if not isinstance(parsed, dict):
