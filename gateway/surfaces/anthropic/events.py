@@ -206,12 +206,14 @@ _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","i
 
 # Most of a chat stream is chunks that carry only a piece of text: one choice whose delta has `content`
 # and nothing that says anything (null reasoning, an empty reasoning_details), scalar top-level members
-# (no usage object, no error), finish_reason null or a reason. This matches exactly those, compact as
-# upstreams send them, so their text is read without json.loads; anything else is parsed. The text is
-# only printable ASCII without `"` or `\`: JSON-encoded, it is itself (as encode_basestring_ascii
-# writes it), so it goes into the event as it came.
+# (no usage object, no error), finish_reason null or a reason. _TEXT_CHUNK matches exactly those,
+# compact as upstreams send them, so their text is read without json.loads; anything else is parsed.
+# Only chunks of printable ASCII without a backslash are tried (checked once for the whole chunk, so
+# the regex's strings are a cheap [^"]*): their text, JSON-encoded, is itself (as
+# encode_basestring_ascii writes it), so it goes into the event as it came.
+_CONTROL = bytes(range(32)) + b"\\" + bytes(range(127, 256))
 _INTEGER = rb"-?(?:0|[1-9][0-9]*)"  # as JSON writes one: json.loads refuses 007
-_SCALAR = rb'(?:"[ !#-\[\]-~]*"|' + _INTEGER + rb"|null)"  # strings: printable ASCII, no escape
+_SCALAR = rb'(?:"[^"]*"|' + _INTEGER + rb"|null)"
 _TOP_MEMBER = rb'"(?!choices"|error")[a-z_]+":' + _SCALAR
 _DELTA_MEMBER = rb'"role":"[a-z]*"|"(?:reasoning|reasoning_content|refusal)":null|"reasoning_details":\[\]'
 _CHOICE_MEMBER = (
@@ -219,26 +221,61 @@ _CHOICE_MEMBER = (
 )
 _FINISH = b'"finish_reason":'
 _ID = b'"id":'
+_CONTENT = b'"content":"'
 _TEXT_CHUNK = re.compile(
     rb'\{(?:' + _TOP_MEMBER + rb',)*"choices":\[\{(?:(?:' + _CHOICE_MEMBER + rb'),)*'
-    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"(?P<text>[ !#-\[\]-~]*)"(?:,(?:' + _DELTA_MEMBER + rb'))*\}'
+    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"(?P<text>[^"]*)"(?:,(?:' + _DELTA_MEMBER + rb'))*\}'
     rb'(?:,(?:' + _CHOICE_MEMBER + rb'))*\}\](?:,' + _TOP_MEMBER + rb')*\}'
 )
 
 
-def text_chunk(payload: bytes) -> tuple[bytes, bytes | None] | None:
-    """(the text, as it is JSON-encoded without its quotes; the finish_reason or None) of a chunk that
-    carries only text, read without parsing it; None for any other chunk."""
+_PLAIN_TEXT = re.compile(rb"[ !#-\[\]-~]*")
+
+
+def text_chunk(payload: bytes) -> tuple[bytes, bytes | None, int, int] | None:
+    """(the text, as it is JSON-encoded without its quotes; the finish_reason or None; where the text
+    starts and ends) of a chunk that carries only text, read without parsing it; None for any other."""
+    if _CONTENT not in payload or len(payload.translate(None, _CONTROL)) != len(payload):
+        return None  # the usage chunk, or a chunk only json.loads can read
     found = _TEXT_CHUNK.fullmatch(payload)
     if found is None:
         return None
     at = payload.find(_FINISH)
-    if at == -1:
-        return found.group("text"), None
-    if payload.find(_FINISH, at + 1) != -1:  # a repeated key: json.loads would keep the last
-        return None
-    value = payload[at + len(_FINISH) : payload.index(b"}", at)].split(b",", 1)[0]
-    return found.group("text"), None if value == b"null" else value[1:-1]
+    finish: bytes | None = None
+    if at != -1:
+        if payload.find(_FINISH, at + 1) != -1:  # a repeated key: json.loads would keep the last
+            return None
+        value = payload[at + len(_FINISH) : payload.index(b"}", at)].split(b",", 1)[0]
+        finish = None if value == b"null" else value[1:-1]
+    return found.group("text"), finish, found.start("text"), found.end("text")
+
+
+class TextChunks:
+    """text_chunk for one stream. An upstream repeats the same bytes around each piece of text (id,
+    model, created, the choice's other members): once a chunk is read, the next one with the same
+    bytes before and after its text is known to be the same shape without the regex."""
+
+    def __init__(self) -> None:
+        self.before: bytes | None = None
+        self.after = b""
+        self.finish: bytes | None = None
+
+    def read(self, payload: bytes) -> tuple[bytes, bytes | None] | None:
+        before, after = self.before, self.after
+        if (
+            before is not None
+            and len(payload) >= len(before) + len(after)
+            and payload.startswith(before)
+            and payload.endswith(after)
+            and _PLAIN_TEXT.fullmatch(payload, len(before), len(payload) - len(after))
+        ):
+            return payload[len(before) : len(payload) - len(after)], self.finish
+        found = text_chunk(payload)
+        if found is None:
+            return None
+        text, self.finish, start, end = found
+        self.before, self.after = payload[:start], payload[end:]
+        return text, self.finish
 
 
 def text_chunk_id(payload: bytes) -> str | None:
@@ -391,6 +428,7 @@ async def _translated_events(
     upstream: UpstreamResponse, translator: ChatStreamTranslator, outcome: MessagesOutcome
 ) -> AsyncGenerator[bytes, None]:
     events = _Events()
+    text_chunks = TextChunks()
     assert upstream.chunks is not None
     async for chunk in upstream.chunks:
         out: list[bytes] = []
@@ -404,7 +442,7 @@ async def _translated_events(
             if payload == b"[DONE]":
                 outcome.finished = True
                 break
-            if (found := text_chunk(payload)) is not None:
+            if (found := text_chunks.read(payload)) is not None:
                 if outcome.first_byte_at is None:
                     if (generation_id := text_chunk_id(payload)) is None:
                         found = None
