@@ -199,14 +199,12 @@ _MESSAGE_START = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":%b,"type":"message","role":"assistant",'
     b'"model":%b,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":0,"output_tokens":0}}}\n\n'
 )
-_TEXT_START = (
-    b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}\n\n'
-)
+_TEXT_START = b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}\n\n'
 _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
 
 # Most of a chat stream is chunks that carry only a piece of text: one choice whose delta has `content`
 # and nothing that says anything (null reasoning, an empty reasoning_details), scalar top-level members
-# (no usage object, no error), finish_reason null or a reason. _TEXT_CHUNK matches exactly those,
+# (no usage object, no error), finish_reason null or a reason. TextChunks reads exactly those,
 # compact as upstreams send them, so their text is read without json.loads; anything else is parsed.
 # Only chunks of printable ASCII without a backslash are tried (checked once for the whole chunk, so
 # the regex's strings are a cheap [^"]*): their text, JSON-encoded, is itself (as
@@ -217,65 +215,77 @@ _SCALAR = rb'(?:"[^"]*"|' + _INTEGER + rb"|null)"
 _TOP_MEMBER = rb'"(?!choices"|error")[a-z_]+":' + _SCALAR
 _DELTA_MEMBER = rb'"role":"[a-z]*"|"(?:reasoning|reasoning_content|refusal)":null|"reasoning_details":\[\]'
 _CHOICE_MEMBER = (
-    rb'"index":' + _INTEGER + rb'|"(?:logprobs|native_finish_reason)":(?:null|"[a-z_]*")|"finish_reason":(?:null|"[a-z_]+")'
+    rb'"index":'
+    + _INTEGER
+    + rb'|"(?:logprobs|native_finish_reason)":(?:null|"[a-z_]*")|"finish_reason":(?:null|"[a-z_]+")'
 )
 _FINISH = b'"finish_reason":'
 _ID = b'"id":'
 _CONTENT = b'"content":"'
-_TEXT_CHUNK = re.compile(
-    rb'\{(?:' + _TOP_MEMBER + rb',)*"choices":\[\{(?:(?:' + _CHOICE_MEMBER + rb'),)*'
-    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"(?P<text>[^"]*)"(?:,(?:' + _DELTA_MEMBER + rb'))*\}'
-    rb'(?:,(?:' + _CHOICE_MEMBER + rb'))*\}\](?:,' + _TOP_MEMBER + rb')*\}'
+# The chunk up to its text and from the end of its text: the text holds no `"`, so a chunk is one of
+# these exactly when its part before the text is _BEFORE_TEXT and the part after is _AFTER_TEXT.
+_BEFORE_TEXT = re.compile(
+    rb"\{(?:" + _TOP_MEMBER + rb',)*"choices":\[\{(?:(?:' + _CHOICE_MEMBER + rb"),)*"
+    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"'
 )
-
-
+_AFTER_TEXT = re.compile(
+    rb'"(?:,(?:' + _DELTA_MEMBER + rb"))*\}(?:,(?:" + _CHOICE_MEMBER + rb"))*\}\](?:," + _TOP_MEMBER + rb")*\}"
+)
 _PLAIN_TEXT = re.compile(rb"[ !#-\[\]-~]*")
 
 
-def text_chunk(payload: bytes) -> tuple[bytes, bytes | None, int, int] | None:
-    """(the text, as it is JSON-encoded without its quotes; the finish_reason or None; where the text
-    starts and ends) of a chunk that carries only text, read without parsing it; None for any other."""
-    if _CONTENT not in payload or len(payload.translate(None, _CONTROL)) != len(payload):
-        return None  # the usage chunk, or a chunk only json.loads can read
-    found = _TEXT_CHUNK.fullmatch(payload)
-    if found is None:
-        return None
-    at = payload.find(_FINISH)
-    finish: bytes | None = None
-    if at != -1:
-        if payload.find(_FINISH, at + 1) != -1:  # a repeated key: json.loads would keep the last
-            return None
-        value = payload[at + len(_FINISH) : payload.index(b"}", at)].split(b",", 1)[0]
-        finish = None if value == b"null" else value[1:-1]
-    return found.group("text"), finish, found.start("text"), found.end("text")
+def _safe(part: bytes) -> bool:
+    """Printable ASCII without a backslash: what the regexes' cheap [^"]* strings may hold."""
+    return len(part.translate(None, _CONTROL)) == len(part)
+
+
+def _finish_reason(before: bytes, after: bytes) -> tuple[bool, bytes | None]:
+    """(whether the chunk says it once at most, the finish_reason or None) of a text chunk's two parts."""
+    found = [(part, at) for part in (before, after) if (at := part.find(_FINISH)) != -1]
+    if not found:
+        return True, None
+    if len(found) > 1 or found[0][0].find(_FINISH, found[0][1] + 1) != -1:
+        return False, None  # a repeated key: json.loads would keep the last
+    part, at = found[0]
+    value = part[at + len(_FINISH) :]  # null or "reason" (the regexes said so), then more
+    return True, None if value.startswith(b"null") else value[1 : value.index(b'"', 1)]
 
 
 class TextChunks:
-    """text_chunk for one stream. An upstream repeats the same bytes around each piece of text (id,
-    model, created, the choice's other members): once a chunk is read, the next one with the same
-    bytes before and after its text is known to be the same shape without the regex."""
+    """Reads the chunks of one stream that carry only text. An upstream repeats the same bytes around
+    each piece of text (id, model, created, the choice's other members): the part before the text and
+    the part after it are each checked once, then known by comparing bytes."""
 
     def __init__(self) -> None:
-        self.before: bytes | None = None
-        self.after = b""
+        self.before = self.after = b""  # the last parts checked (no chunk's part is empty)
         self.finish: bytes | None = None
 
     def read(self, payload: bytes) -> tuple[bytes, bytes | None] | None:
-        before, after = self.before, self.after
-        if (
-            before is not None
-            and len(payload) >= len(before) + len(after)
-            and payload.startswith(before)
-            and payload.endswith(after)
-            and _PLAIN_TEXT.fullmatch(payload, len(before), len(payload) - len(after))
-        ):
-            return payload[len(before) : len(payload) - len(after)], self.finish
-        found = text_chunk(payload)
-        if found is None:
+        """(the text, as it is JSON-encoded without its quotes; the finish_reason or None) of a chunk
+        that carries only text, read without parsing it; None for any other chunk."""
+        start = payload.find(_CONTENT)
+        if start == -1:
+            return None  # the usage chunk, say
+        start += len(_CONTENT)
+        end = payload.find(b'"', start)
+        before, after = payload[:start], payload[end:]
+        if end == -1 or not _PLAIN_TEXT.fullmatch(payload, start, end):
             return None
-        text, self.finish, start, end = found
-        self.before, self.after = payload[:start], payload[end:]
-        return text, self.finish
+        if before != self.before or after != self.after:
+            if before != self.before and not (_safe(before) and _BEFORE_TEXT.fullmatch(before)):
+                return None
+            if after != self.after and not (_safe(after) and _AFTER_TEXT.fullmatch(after)):
+                return None
+            once, finish = _finish_reason(before, after)
+            if not once:
+                return None
+            self.before, self.after, self.finish = before, after, finish
+        return payload[start:end], self.finish
+
+
+def text_chunk(payload: bytes) -> tuple[bytes, bytes | None] | None:
+    """TextChunks().read(payload): a chunk read on its own."""
+    return TextChunks().read(payload)
 
 
 def text_chunk_id(payload: bytes) -> str | None:
