@@ -1,4 +1,5 @@
-"""A translated stream reads text-only chat chunks without json.loads: it must say exactly what parsing says.
+"""A translated stream reads text-only chat chunks without json.loads (and a whole reply is written without
+walking its dict): each must say exactly what parsing (json.dumps) says.
 
 Chunks are generated at random around the shapes upstreams send (OpenRouter's, the fake's) and the
 ones that must not take the shortcut (usage objects, errors, reasoning, tool calls, escapes, unicode,
@@ -67,12 +68,13 @@ def _random_chunk(rng: random.Random) -> str:
     if rng.random() < 0.05:
         choices.append(choices[0])
     members.append(("choices", rng.choice([choices, choices, choices, choices, []])))
-    for name, values in (
+    extras: list[tuple[str, list[object]]] = [
         ("usage", [None, None, {"prompt_tokens": 3, "completion_tokens": 2}]),
         ("error", [{"message": "boom", "code": 502}]),
-    ):
+    ]
+    for name, options in extras:
         if rng.random() < 0.15:
-            members.append((name, rng.choice(values)))
+            members.append((name, rng.choice(options)))
     rng.shuffle(members)
     separators = (",", ":") if rng.random() < 0.9 else (", ", ": ")
     encoded = _encode(members, separators=separators, ensure_ascii=rng.random() < 0.5)
@@ -188,3 +190,24 @@ def test_a_chunk_like_the_last_one_read_is_read_the_same_without_the_regex():
         assert shortcut.feed_text(*read) == parsed.feed(json.loads(again)), again
         assert (shortcut.stop_reason, shortcut.outcome.text) == (parsed.stop_reason, parsed.outcome.text), again
     assert hits > 1_000
+
+
+def test_a_whole_reply_is_written_as_json_dumps_writes_it():
+    from gateway.surfaces.anthropic.translate import message_body, message_from_chat
+
+    rng = random.Random(15)
+    for _ in range(5_000):
+        message: dict[str, object] = {"role": "assistant", "content": rng.choice([*TEXTS, None])}
+        if rng.random() < 0.2:
+            message["reasoning"] = rng.choice(["", "thought"])
+        if rng.random() < 0.2:
+            message["tool_calls"] = [{"id": "call_1", "function": {"name": "f", "arguments": '{"a": 1}'}}]
+        usage: dict[str, object] = {"prompt_tokens": rng.randrange(100), "completion_tokens": rng.randrange(100)}
+        if rng.random() < 0.5:
+            usage["prompt_tokens_details"] = {"cached_tokens": rng.randrange(50)}
+        if rng.random() < 0.2:
+            usage["server_tool_use"] = {"web_search_requests": 2}
+        choice = {"message": message, "finish_reason": rng.choice(["stop", "length", None, "weird"])}
+        completion = {"choices": [choice], "usage": rng.choice([usage, usage, None])}
+        answer = message_from_chat(completion, model=rng.choice(["openai/gpt-5-mini", "z-ai/glm-4.6:exacto"]))
+        assert message_body(answer) == json.dumps(answer).encode()

@@ -226,7 +226,7 @@ async def _create_admitted(
     else:
         message = translate.message_from_chat(answer, model=entry.slug)
         content, usage = message["content"], message["usage"]
-        response_body = json.dumps(message).encode()
+        response_body = translate.message_body(message)
     outcome.note_usage(usage, final=isinstance(answer.get("usage"), dict))
     outcome.delivered.clear()  # the estimate, if the upstream gave no usage, reads outcome.text
     outcome.text.extend(_block_text(block) for block in content or [] if isinstance(block, dict))
