@@ -200,6 +200,10 @@ _MESSAGE_START = (
     b'"model":%b,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":0,"output_tokens":0}}}\n\n'
 )
 _TEXT_START = b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}\n\n'
+_MESSAGE_DELTA = (  # the stop reason is one of STOP_REASONS' values: nothing to escape
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null},'
+    b'"usage":%b}\n\n'
+)
 _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
 
 # Most of a chat stream is chunks that carry only a piece of text: one choice whose delta has `content`
@@ -419,9 +423,8 @@ class ChatStreamTranslator:
         stop_reason = "tool_use" if self.saw_tool_call else (self.stop_reason or "end_turn")
         usage = anthropic_usage(self.usage)
         self.outcome.note_usage(usage, final=self.usage is not None)
-        delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
         closing = self._close() + self._redacted() + self._close()
-        return closing + sse("message_delta", delta) + _MESSAGE_STOP
+        return closing + _MESSAGE_DELTA % (stop_reason.encode(), _compact_json(usage).encode()) + _MESSAGE_STOP
 
 
 def translate_chat_events(
