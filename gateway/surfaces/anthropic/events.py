@@ -213,7 +213,8 @@ _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","i
 # Only chunks of printable ASCII without a backslash are tried (checked once for the whole chunk, so
 # the regex's strings are a cheap [^"]*): their text, JSON-encoded, is itself (as
 # encode_basestring_ascii writes it), so it goes into the event as it came.
-_CONTROL = bytes(range(32)) + b"\\" + bytes(range(127, 256))
+# Every byte that is not printable ASCII, or is a backslash, as a NUL; every other byte as itself.
+_UNSAFE_AS_NUL = bytes(0 if byte < 32 or byte == 92 or byte > 126 else byte for byte in range(256))
 _INTEGER = rb"-?(?:0|[1-9][0-9]*)"  # as JSON writes one: json.loads refuses 007
 _SCALAR = rb'(?:"[^"]*"|' + _INTEGER + rb"|null)"
 _TOP_MEMBER = rb'"(?!choices"|error")[a-z_]+":' + _SCALAR
@@ -240,7 +241,7 @@ _PLAIN_TEXT = re.compile(rb"[ !#-\[\]-~]*")
 
 def _safe(part: bytes) -> bool:
     """Printable ASCII without a backslash: what the regexes' cheap [^"]* strings may hold."""
-    return len(part.translate(None, _CONTROL)) == len(part)
+    return b"\x00" not in part.translate(_UNSAFE_AS_NUL)
 
 
 def _finish_reason(before: bytes, after: bytes) -> tuple[bool, bytes | None]:
