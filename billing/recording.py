@@ -126,8 +126,9 @@ def _counter_settle(pending: _Pending) -> CounterSettle:
 class _RollupsAfterWrites:
     """Keeps daily_message_count current without Celery beat (BILLING_ROLLUP_AFTER_WRITES_SECONDS > 0).
 
-    The (day, workspace) pairs that ledger batches touched are rolled up at most once per interval,
-    on a database thread after the batch's callers have their answer, so no request waits for it.
+    The (day, workspace) pairs that ledger batches touched are rolled up on a database thread after the
+    batch's callers have their answer, so no request waits for it, and each roll-up starts at least one
+    interval after the previous one ended.
     """
 
     def __init__(self) -> None:
@@ -149,12 +150,15 @@ class _RollupsAfterWrites:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 touched, self.dirty = self.dirty, set()
-                self.last_run = time.monotonic()
                 try:
                     await run_db(_roll_up, touched)
                 except Exception:
                     logger.warning("roll-up after ledger writes failed; the next one retries", exc_info=True)
                     self.dirty |= touched
+                finally:
+                    # From its end, not its start: a roll-up whose thread started late (a busy machine)
+                    # is still followed by a whole interval before the next one.
+                    self.last_run = time.monotonic()
         finally:
             self.task = None
 
