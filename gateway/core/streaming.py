@@ -85,13 +85,12 @@ def data_of(event: bytes) -> bytes | None:
     """The data of one SSE event (its `data:` lines joined), or None if it has none."""
     # The usual event has one data line, its last ("data: ..." or "event: ...\ndata: ..."): not split.
     if event.startswith(b"data: "):
-        first = 0
+        start = 6
     else:
-        first = event.find(b"\ndata: ") + 1  # 0: none
-        if first and b"data:" in event[:first]:
-            first = 0  # an earlier data line: the general way below
-    if first or event.startswith(b"data: "):
-        payload = event[first + 6 :].rstrip(b"\r\n")
+        line = event.find(b"\ndata: ")
+        start = line + 7 if line != -1 and b"data:" not in event[:line] else -1
+    if start != -1:
+        payload = event[start:].rstrip(b"\r\n")
         if b"\n" not in payload and b"\r" not in payload:
             return payload.strip()
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]

@@ -206,103 +206,6 @@ _MESSAGE_DELTA = (  # the stop reason is one of STOP_REASONS' values: nothing to
 )
 _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
 
-# Most of a chat stream is chunks that carry only a piece of text: one choice whose delta has `content`
-# and nothing that says anything (null reasoning, an empty reasoning_details), scalar top-level members
-# (no usage object, no error), finish_reason null or a reason. TextChunks reads exactly those,
-# compact as upstreams send them, so their text is read without json.loads; anything else is parsed.
-# Only chunks of printable ASCII without a backslash are tried (checked once for the whole chunk, so
-# the regex's strings are a cheap [^"]*): their text, JSON-encoded, is itself (as
-# encode_basestring_ascii writes it), so it goes into the event as it came.
-# Every byte that is not printable ASCII, or is a backslash, as a NUL; every other byte as itself.
-_UNSAFE_AS_NUL = bytes(0 if byte < 32 or byte == 92 or byte > 126 else byte for byte in range(256))
-_INTEGER = rb"-?(?:0|[1-9][0-9]*)"  # as JSON writes one: json.loads refuses 007
-_SCALAR = rb'(?:"[^"]*"|' + _INTEGER + rb"|null)"
-_TOP_MEMBER = rb'"(?!choices"|error")[a-z_]+":' + _SCALAR
-_DELTA_MEMBER = rb'"role":"[a-z]*"|"(?:reasoning|reasoning_content|refusal)":null|"reasoning_details":\[\]'
-_CHOICE_MEMBER = (
-    rb'"index":'
-    + _INTEGER
-    + rb'|"(?:logprobs|native_finish_reason)":(?:null|"[a-z_]*")|"finish_reason":(?:null|"[a-z_]+")'
-)
-_FINISH = b'"finish_reason":'
-_ID = b'"id":'
-_CONTENT = b'"content":"'
-# The chunk up to its text and from the end of its text: the text holds no `"`, so a chunk is one of
-# these exactly when its part before the text is _BEFORE_TEXT and the part after is _AFTER_TEXT.
-_BEFORE_TEXT = re.compile(
-    rb"\{(?:" + _TOP_MEMBER + rb',)*"choices":\[\{(?:(?:' + _CHOICE_MEMBER + rb"),)*"
-    rb'"delta":\{(?:(?:' + _DELTA_MEMBER + rb'),)*"content":"'
-)
-_AFTER_TEXT = re.compile(
-    rb'"(?:,(?:' + _DELTA_MEMBER + rb"))*\}(?:,(?:" + _CHOICE_MEMBER + rb"))*\}\](?:," + _TOP_MEMBER + rb")*\}"
-)
-_PLAIN_TEXT = re.compile(rb"[ !#-\[\]-~]*")
-
-
-def _safe(part: bytes) -> bool:
-    """Printable ASCII without a backslash: what the regexes' cheap [^"]* strings may hold."""
-    return b"\x00" not in part.translate(_UNSAFE_AS_NUL)
-
-
-def _finish_reason(before: bytes, after: bytes) -> tuple[bool, bytes | None]:
-    """(whether the chunk says it once at most, the finish_reason or None) of a text chunk's two parts."""
-    found = [(part, at) for part in (before, after) if (at := part.find(_FINISH)) != -1]
-    if not found:
-        return True, None
-    if len(found) > 1 or found[0][0].find(_FINISH, found[0][1] + 1) != -1:
-        return False, None  # a repeated key: json.loads would keep the last
-    part, at = found[0]
-    value = part[at + len(_FINISH) :]  # null or "reason" (the regexes said so), then more
-    return True, None if value.startswith(b"null") else value[1 : value.index(b'"', 1)]
-
-
-class TextChunks:
-    """Reads the chunks of one stream that carry only text. An upstream repeats the same bytes around
-    each piece of text (id, model, created, the choice's other members): the part before the text and
-    the part after it are each checked once, then known by comparing bytes."""
-
-    def __init__(self) -> None:
-        self.before = self.after = b""  # the last parts checked (no chunk's part is empty)
-        self.finish: bytes | None = None
-
-    def read(self, payload: bytes) -> tuple[bytes, bytes | None] | None:
-        """(the text, as it is JSON-encoded without its quotes; the finish_reason or None) of a chunk
-        that carries only text, read without parsing it; None for any other chunk."""
-        start = payload.find(_CONTENT)
-        if start == -1:
-            return None  # the usage chunk, say
-        start += len(_CONTENT)
-        end = payload.find(b'"', start)
-        before, after = payload[:start], payload[end:]
-        if end == -1 or not _PLAIN_TEXT.fullmatch(payload, start, end):
-            return None
-        if before != self.before or after != self.after:
-            if before != self.before and not (_safe(before) and _BEFORE_TEXT.fullmatch(before)):
-                return None
-            if after != self.after and not (_safe(after) and _AFTER_TEXT.fullmatch(after)):
-                return None
-            once, finish = _finish_reason(before, after)
-            if not once:
-                return None
-            self.before, self.after, self.finish = before, after, finish
-        return payload[start:end], self.finish
-
-
-def text_chunk(payload: bytes) -> tuple[bytes, bytes | None] | None:
-    """TextChunks().read(payload): a chunk read on its own."""
-    return TextChunks().read(payload)
-
-
-def text_chunk_id(payload: bytes) -> str | None:
-    """The id of a chunk text_chunk read, as str(parsed.get("id") or "") says it; None if it cannot tell."""
-    at = payload.find(_ID)
-    if at == -1:
-        return ""
-    start = at + len(_ID)
-    if payload.find(_ID, start) != -1 or payload[start : start + 1] != b'"':
-        return None  # a repeated or a numeric id: parsed
-    return payload[start + 1 : payload.index(b'"', start + 1)].decode("ascii")
-
 
 class ChatStreamTranslator:
     """Turns chat.completion.chunk payloads into Anthropic's events, one open content block at a time."""
@@ -389,18 +292,6 @@ class ChatStreamTranslator:
                 self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
         return out
 
-    def feed_text(self, text: bytes, finish_reason: bytes | None) -> bytes:
-        """feed() of a chunk that carries only text (text_chunk's answer), without the chunk as a dict."""
-        out = b""
-        if text:
-            if self.open != "text":
-                out = self._open("text", {"type": "text", "text": ""})
-            out += _DELTA % (self.index, b"text_delta", b"text", b'"%b"' % text)
-            self.outcome.text.append(text.decode("ascii"))
-        if finish_reason:
-            self.stop_reason = STOP_REASONS.get(finish_reason.decode("ascii"), "end_turn")
-        return out
-
     def _tool_call(self, call: dict) -> bytes:
         out = b""
         key = f"tool:{call.get('index', 0)}"
@@ -442,7 +333,6 @@ async def _translated_events(
     upstream: UpstreamResponse, translator: ChatStreamTranslator, outcome: MessagesOutcome
 ) -> AsyncGenerator[bytes, None]:
     events = _Events()
-    text_chunks = TextChunks()
     assert upstream.chunks is not None
     async for chunk in upstream.chunks:
         out: list[bytes] = []
@@ -456,16 +346,6 @@ async def _translated_events(
             if payload == b"[DONE]":
                 outcome.finished = True
                 break
-            if (found := text_chunks.read(payload)) is not None:
-                if outcome.first_byte_at is None:
-                    if (generation_id := text_chunk_id(payload)) is None:
-                        found = None
-                    else:
-                        outcome.first_byte_at = time.monotonic()
-                        outcome.generation_id = generation_id
-                if found is not None:
-                    out.append(translator.feed_text(*found))
-                    continue
             try:
                 parsed: Any = json.loads(payload.decode())  # a str: json.loads skips detecting the encoding
                 if not isinstance(parsed, dict):
