@@ -486,13 +486,7 @@ class ResponseEventStream:
             item["content"] = [part.part() for part in self._message.parts.values()]
         for call in self._calls.values():
             self._output[call.output_index] = self._call(call, "incomplete")
-        if self._search is not None:
-            self._output[self._search.output_index] = web_search_item(
-                item_id=self._search.item_id,
-                status="incomplete",
-                citations=self._search.citations,
-                sources=self.tools.search_sources,
-            )
-        self._reasoning, self._message, self._calls, self._search = None, None, {}, None
+        self._close_search("incomplete")  # its item, as it stands; a failed stream sends no item events
+        self._reasoning, self._message, self._calls = None, None, {}
         response = self._response("failed", usage=response_usage(self._usage), error={"code": code, "message": message})
         return [self._event("response.failed", response=response)]
