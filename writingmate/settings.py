@@ -80,9 +80,15 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL and a busy timeout let the API's writer thread and the site's requests share the file.
+    # WAL and a busy timeout let the API's writer thread and the site's requests share the file. IMMEDIATE:
+    # a transaction that reads then writes (an admin save) takes the write lock first and waits its turn,
+    # instead of failing at once with "database is locked" when the ledger writer committed in between.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 # PostgreSQL: a psycopg connection pool per process, at most DATABASE_POOL_MAX_SIZE connections, shared by
 # the site's requests and the API's database threads (docs/deploy.md has the arithmetic for N processes).
