@@ -38,6 +38,7 @@ from gateway.core.upstream_fields import strip_upstream_control_fields
 from gateway.errors import ApiError
 from gateway.providers.base import ProviderError, UpstreamCall, UpstreamResponse
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
+from writingmate import wire_json
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ async def read_completion(
 ) -> dict:
     """The upstream's whole JSON answer, its usage and id noted in `outcome`; a 502 (recorded) if it is not JSON."""
     try:
-        completion = json.loads(upstream.body)
+        completion = wire_json.loads(upstream.body)
         if not isinstance(completion, dict):
             raise ValueError("not an object")
     except ValueError:

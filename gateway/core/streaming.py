@@ -22,6 +22,7 @@ from django.http import StreamingHttpResponse
 
 from gateway import metrics
 from gateway.providers.base import ProviderError, UpstreamResponse
+from writingmate import wire_json
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": keep-alive\n\n"
@@ -67,31 +68,44 @@ def next_boundary(buffer: bytes, start: int) -> tuple[int, int]:
     return (lf, 2) if lf != -1 else (-1, 0)
 
 
-def split_events(relayed: bytes) -> list[bytes]:
-    """The whole SSE events in a chunk `relay_events` yielded (it yields several that arrived together)."""
+def take_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The whole SSE events `buffer` starts with, each with the blank line that ends it, and the rest."""
+    if b"\r" not in buffer:
+        # LF only, the usual stream: one split in C. Searching for both endings event by event would
+        # scan the rest of the buffer for a CRLF one each time.
+        *events, rest = buffer.split(b"\n\n")
+        return [event + b"\n\n" for event in events], rest
     events, start = [], 0
     while True:
-        index, length = next_boundary(relayed, start)
+        index, length = next_boundary(buffer, start)
         if index == -1:
-            break
-        events.append(relayed[start : index + length])
+            return events, buffer[start:]
+        events.append(buffer[start : index + length])
         start = index + length
-    if relayed[start:].strip():
-        events.append(relayed[start:])
+
+
+def split_events(relayed: bytes) -> list[bytes]:
+    """The whole SSE events in a chunk `relay_events` yielded (it yields several that arrived together)."""
+    events, rest = take_events(relayed)
+    if rest.strip():
+        events.append(rest)
     return events
 
 
 def data_of(event: bytes) -> bytes | None:
     """The data of one SSE event (its `data:` lines joined), or None if it has none."""
-    # The usual event has one data line, its last ("data: ..." or "event: ...\ndata: ..."): not split.
+    # The usual event is one data line ("data: ..." or "event: ...\ndata: ..."), then only line ends: not split.
     if event.startswith(b"data: "):
         start = 6
     else:
         line = event.find(b"\ndata: ")
         start = line + 7 if line != -1 and b"data:" not in event[:line] else -1
     if start != -1:
-        payload = event[start:].rstrip(b"\r\n")
-        if b"\n" not in payload and b"\r" not in payload:
+        end = event.find(b"\n", start)
+        if end == -1:
+            end = len(event)
+        payload = event[start:end].rstrip(b"\r")
+        if b"\r" not in payload and not event[end:].strip():
             return payload.strip()
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
@@ -247,16 +261,10 @@ async def _chat_events(
     buffer = b""
     assert upstream.chunks is not None, "a streamed call always has its body's chunks"
     async for chunk in upstream.chunks:
-        buffer += chunk
-        start = 0
+        events, buffer = take_events(buffer + chunk if buffer else chunk)
         # Events that arrived together leave together: one send per upstream read, not per event.
         ready: list[bytes] = []
-        while True:
-            index, length = next_boundary(buffer, start)
-            if index == -1:
-                break
-            event = buffer[start : index + length]
-            start = index + length
+        for event in events:
             forwarded = _relay_one(event, include_usage=include_usage, outcome=outcome)
             if forwarded is _MALFORMED:
                 outcome.status = "failed"
@@ -273,7 +281,6 @@ async def _chat_events(
                 ready.append(forwarded)
             if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
                 outcome.finished = True
-        buffer = buffer[start:]
         if ready:
             yield b"".join(ready)
         if outcome.finished:
@@ -299,18 +306,18 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
     if outcome.first_byte_at is None:
         outcome.first_byte_at = time.monotonic()
         try:
-            outcome.generation_id = str(json.loads(payload).get("id") or "")
+            outcome.generation_id = str(wire_json.loads(payload).get("id") or "")
         except ValueError:
             return _MALFORMED
     if _ERROR_KEY.search(payload):
-        parsed = json.loads(payload)
+        parsed = wire_json.loads(payload)
         if parsed.get("error"):
             outcome.status = "failed"
             outcome.upstream_error_relayed = True
             return _openai_error_event(parsed["error"])
     if _USAGE_OBJECT.search(payload):
         try:
-            parsed = json.loads(payload)
+            parsed = wire_json.loads(payload)
         except ValueError:
             return _MALFORMED
         if isinstance(parsed.get("usage"), dict):

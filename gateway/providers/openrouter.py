@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import requests
 from django.conf import settings
 
@@ -11,6 +9,7 @@ from billing.ledger import clamp_tokens
 from billing.settlement import GenerationNotReady, GenerationStats, GenerationStatsUnavailable
 from gateway.providers import http
 from gateway.providers.base import UpstreamCall, UpstreamResponse
+from writingmate import wire_json
 
 _GENERATION_TIMEOUT_SECONDS = (3.05, 10.0)
 _ATTRIBUTION = {"HTTP-Referer": "https://writingmate.ai", "X-Title": "Writingmate API"}
@@ -29,9 +28,7 @@ class OpenRouterProvider:
             **_ATTRIBUTION,
             **call.headers,
         }
-        data = (
-            call.raw_body if call.raw_body is not None else json.dumps(call.json_body, separators=(",", ":")).encode()
-        )
+        data = call.raw_body if call.raw_body is not None else wire_json.dumps(call.json_body)
         return await http.post(
             f"{settings.OPENROUTER_BASE_URL}{call.path}", headers=headers, data=data, stream=call.stream
         )
