@@ -27,5 +27,6 @@ def test_a_whole_reply_is_written_as_json_dumps_writes_it():
             usage["server_tool_use"] = {"web_search_requests": 2}
         choice = {"message": message, "finish_reason": rng.choice(["stop", "length", None, "weird"])}
         completion = {"choices": [choice], "usage": rng.choice([usage, usage, None])}
-        answer = message_from_chat(completion, model=rng.choice(["openai/gpt-5-mini", "z-ai/glm-4.6:exacto"]))
+        model = rng.choice(["openai/gpt-5-mini", "z-ai/glm-4.6:exacto"])
+        answer = message_from_chat(completion, model=model, message_id=f"msg_{rng.getrandbits(128):032x}")
         assert message_body(answer) == json.dumps(answer).encode()

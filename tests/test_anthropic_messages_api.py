@@ -223,6 +223,7 @@ def test_a_non_claude_model_is_translated_to_chat_and_back(client, fake_upstream
 
     assert message.content[0].text == "Hello from the fake upstream."
     assert message.stop_reason == "end_turn" and message.model == GPT
+    assert message.id.startswith("msg_") and len(message.id) == len("msg_") + 32
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (8, 4, 7)
     sent = fake_upstream.last_request
     assert sent.path == "/api/v1/chat/completions"
@@ -260,6 +261,8 @@ def test_a_translated_stream_is_anthropics_exact_event_sequence(base_url, fake_u
     )
     assert raw[-2]["delta"]["stop_reason"] == "end_turn" and raw[-2]["usage"]["output_tokens"] == 7
     assert fake_upstream.last_request.json["reasoning"] == {"max_tokens": 1024}
+    # The message id names the request its `request-id` header names, for support to find it.
+    assert raw[0]["message"]["id"] == "msg_" + response.headers["request-id"].removeprefix("req_")
 
 
 def test_translated_tools_round_trip_with_ids_kept(client, fake_upstream):

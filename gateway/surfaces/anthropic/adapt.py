@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.surfaces.anthropic.models import Resolved
-from gateway.surfaces.anthropic.server_tools import filter_server_tools
+from gateway.surfaces.anthropic.server_tools import NOTHING_LEFT_OUT, filter_server_tools
 
 # Thinking budgets for the efforts Claude Code sends (low ... max), when adaptive thinking needs a number.
 _BUDGET_BY_EFFORT = {"low": 4096, "medium": 16384, "high": 32768, "xhigh": 32768, "max": 32768}
@@ -37,9 +37,14 @@ def _thinking_within(budget: int, max_tokens: object) -> int:
     return min(budget, max_tokens - 1) if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else budget
 
 
+NOTHING_ADAPTED = Adaptation()
+
+
 def adapt_request(body: dict, resolved: Resolved, *, web_search_allowed: bool = False) -> Adaptation:
     """`web_search_allowed`: the workspace's plan includes hosted web search."""
     server_tools = filter_server_tools(body, web_search_allowed=web_search_allowed)
+    if server_tools is NOTHING_LEFT_OUT and not resolved.stands_in and not resolved.max_output_tokens:
+        return NOTHING_ADAPTED  # the model takes the request as it is: nothing below would change it
     replace: dict[str, object] = dict(server_tools.replace)
     leave_out: set[str] = set(server_tools.leave_out)
     max_tokens = body.get("max_tokens")

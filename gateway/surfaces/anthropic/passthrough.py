@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from gateway.errors import invalid_request
+from writingmate import wire_json
 
 _decoder = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -23,7 +24,7 @@ def _skip_space(text: str, index: int) -> int:
     return match.end() if match else index  # the pattern matches the empty string, so always a match
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawBody:
     text: str
     members: dict[str, tuple[int, int, int]]  # key -> (member start, value start, value end) in `text`
@@ -34,15 +35,15 @@ class RawBody:
         """The body with `model` and the `replace` members' values replaced and `leave_out` members gone;
         every other byte as it came."""
         replace = {**(replace or {}), "model": model}
-        ordered = sorted(self.members.items(), key=lambda item: item[1][0])
-        kept = [(i, key, span) for i, (key, span) in enumerate(ordered) if key not in leave_out]
+        ordered = list(self.members.items())  # in the text's order: parse_body moves a repeated key to the end
         text = self.text
         if not ordered:
             return text.encode()
+        kept = [(i, key, span) for i, (key, span) in enumerate(ordered) if key not in leave_out]
         parts = [text[: ordered[0][1][0]]]
         for position, (i, key, (start, value_start, end)) in enumerate(kept):
             if key in replace:
-                parts.append(text[start:value_start] + json.dumps(replace[key], separators=(",", ":")))
+                parts.append(text[start:value_start] + wire_json.dumps(replace[key]).decode())
             else:
                 parts.append(text[start:end])
             if position + 1 < len(kept):
@@ -55,11 +56,14 @@ def _invalid_json() -> Exception:
     return invalid_request("The request body is not valid JSON: send one JSON object.", code="invalid_json")
 
 
-# A member's key up to its value (the whitespace before it too), and what follows a value: one regex
-# each rather than a whitespace skip around every token. A key with an escape (or a control character,
-# which json.loads refuses) is read by scanstring instead.
-_KEY = re.compile(r'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
-_AFTER_VALUE = re.compile(r"[ \t\n\r]*([,}])")
+# From the body's `{`, or from the end of a member's value, to the next member's value: the `{` or `,`,
+# the key and its colon, as one match (the whitespace around them too); or the `}` that ends the body.
+# A key with an escape (or a control character, which json.loads refuses) is read by scanstring instead.
+_KEY = r'"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*'
+_FIRST = re.compile(r"[ \t\n\r]*\{[ \t\n\r]*(?:" + _KEY + r"|(\}))")
+_NEXT = re.compile(r"[ \t\n\r]*(?:,[ \t\n\r]*" + _KEY + r"|(\}))")
+# raw_decode without its Python frame: (value, end), or StopIteration. Public, but not in the stubs.
+_scan_value = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def _escaped_key(text: str, index: int) -> tuple[str, int, int]:
@@ -74,6 +78,15 @@ def _escaped_key(text: str, index: int) -> tuple[str, int, int]:
     return key, start, _skip_space(text, index + 1)
 
 
+def _next_member_escaped(opening: str, text: str, index: int) -> tuple[str, int, int]:
+    """(key, where its quote is, where its value starts) after `index` where _FIRST or _NEXT found none:
+    the key has an escape, or the body is not JSON."""
+    index = _skip_space(text, index)
+    if text[index : index + 1] != opening:
+        raise ValueError(f"expected {opening!r}")
+    return _escaped_key(text, index + 1)
+
+
 def parse_body(raw: bytes) -> tuple[dict, RawBody]:
     """(the body as a dict, where each member is) from one pass of the JSON decoder."""
     try:
@@ -83,32 +96,23 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
     body: dict = {}
     members: dict[str, tuple[int, int, int]] = {}
     try:
-        index = _skip_space(text, 0)
-        if text[index : index + 1] != "{":
-            raise ValueError("not an object")
-        empty = _AFTER_VALUE.match(text, index + 1)
-        if empty is not None and empty.group(1) == "}":
-            index = empty.end()
-        else:
-            index += 1
-            while True:
-                found = _KEY.match(text, index)
-                if found is not None:
-                    key, start, value_start = found.group(1), found.start(1) - 1, found.end()
-                else:
-                    key, start, value_start = _escaped_key(text, index)
-                value, index = _decoder.raw_decode(text, value_start)
-                body[key] = value
-                members.pop(key, None)  # a repeated key: the last one wins, as in json.loads
-                members[key] = (start, value_start, index)
-                after = _AFTER_VALUE.match(text, index)
-                if after is None:
-                    raise ValueError("expected ',' or '}'")
-                index = after.end()
-                if after.group(1) == "}":
+        found, opening, index = _FIRST.match(text), "{", 0
+        while True:
+            if found is None:
+                key, start, value_start = _next_member_escaped(opening, text, index)
+            else:
+                whole, key_span, closing = found.regs  # spans, read as an attribute: no call per member
+                if closing[0] != -1:
+                    index = whole[1]
                     break
-        if _skip_space(text, index) != len(text):
+                key, start, value_start = text[key_span[0] : key_span[1]], key_span[0] - 1, whole[1]
+            value, index = _scan_value(text, value_start)
+            body[key] = value
+            members.pop(key, None)  # a repeated key: the last one wins, as in json.loads
+            members[key] = (start, value_start, index)
+            found, opening = _NEXT.match(text, index), ","
+        if index != len(text) and text[index:].strip(" \t\n\r"):
             raise ValueError("extra data")
-    except (ValueError, RecursionError):
+    except (ValueError, StopIteration, RecursionError):
         raise _invalid_json() from None
     return body, RawBody(text=text, members=members)

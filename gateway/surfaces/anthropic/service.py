@@ -204,7 +204,9 @@ async def _create_admitted(
         if claude:
             relay = relay_message_events(upstream, outcome=outcome)
             return GatewayCall(result=CompletionStream(chunks=relay, headers=response_headers), finish=finish)
-        translator = ChatStreamTranslator(message_id=translate.new_message_id(), model=entry.slug, outcome=outcome)
+        translator = ChatStreamTranslator(
+            message_id=translate.message_id_for(request_id), model=entry.slug, outcome=outcome
+        )
         relay = translate_chat_events(upstream, translator=translator, outcome=outcome)
         # message_start and ping leave with the first translated events, in one send.
         opening = translator.start()
@@ -224,7 +226,7 @@ async def _create_admitted(
         usage = answer.get("usage")
         response_body = upstream.body
     else:
-        message = translate.message_from_chat(answer, model=entry.slug)
+        message = translate.message_from_chat(answer, model=entry.slug, message_id=translate.message_id_for(request_id))
         content, usage = message["content"], message["usage"]
         response_body = translate.message_body(message)
     outcome.note_usage(usage, final=isinstance(answer.get("usage"), dict))

@@ -11,7 +11,6 @@ model's reasoning as thinking blocks, usage split into input and cache-read toke
 from __future__ import annotations
 
 import json
-import random
 import secrets
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -32,10 +31,10 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _DEFAULT_EFFORT = "medium"
 
 
-def new_message_id() -> str:
-    # Unique, not secret (the client gets it and nothing is looked up by it): no getrandom syscall,
-    # which releases the GIL (see gateway.asgi.new_request_id).
-    return f"msg_{random.getrandbits(96):024x}"
+def message_id_for(request_id: str) -> str:
+    """A translated message's id: its request's (unique, and no random draw per request), so the id and the
+    `request-id` header name the same request."""
+    return "msg_" + request_id.removeprefix("req_")
 
 
 def _type_error(param: str, expected: str) -> ApiError:
@@ -200,7 +199,9 @@ def _is_chat_tool(tool: object) -> bool:
 
 def server_tool_types(body: dict) -> tuple[str, ...]:
     """The types of the tools a chat model is not offered, in request order, once each."""
-    tools = found if isinstance(found := body.get("tools"), list) else []
+    tools = body.get("tools")
+    if not tools or not isinstance(tools, list):
+        return ()
     return tuple(dict.fromkeys(str(t.get("type")) for t in tools if isinstance(t, dict) and not _is_chat_tool(t)))
 
 
@@ -229,14 +230,30 @@ def _reasoning(body: dict) -> dict | None:
 
 
 def chat_request(body: dict, *, upstream_model: str, stream: bool) -> dict:
+    # `in` before each optional member: most requests have few of them, and a lookup is dearer than `in`.
     chat: dict[str, Any] = {"model": upstream_model, "messages": chat_messages(body)}
     if isinstance(body.get("max_tokens"), int):
         chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p", "top_k"):
-        if body.get(name) is not None:
+        if name in body and body[name] is not None:
             chat[name] = body[name]
     if body.get("stop_sequences"):
         chat["stop"] = [str(s) for s in body["stop_sequences"]]
+    if "tools" in body:
+        _add_tools(chat, body)
+    if ("thinking" in body or "output_config" in body) and (reasoning := _reasoning(body)) is not None:
+        chat["reasoning"] = reasoning
+    if "metadata" in body:
+        user = (body["metadata"] or {}).get("user_id")
+        if isinstance(user, str) and user:
+            chat["user"] = user[:256]
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def _add_tools(chat: dict, body: dict) -> None:
     tools = _chat_tools(body.get("tools") or [])
     choice = body.get("tool_choice") or {}
     if tools and choice.get("type") != "none":
@@ -247,15 +264,6 @@ def chat_request(body: dict, *, upstream_model: str, stream: bool) -> dict:
             chat["tool_choice"] = _TOOL_CHOICES[choice["type"]]
         if choice.get("disable_parallel_tool_use"):
             chat["parallel_tool_calls"] = False
-    if (reasoning := _reasoning(body)) is not None:
-        chat["reasoning"] = reasoning
-    user = (body.get("metadata") or {}).get("user_id")
-    if isinstance(user, str) and user:
-        chat["user"] = user[:256]
-    if stream:
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    return chat
 
 
 # ---- response ----------------------------------------------------------------------------------
@@ -309,7 +317,7 @@ def anthropic_usage(usage: object) -> dict:
     return translated
 
 
-def message_from_chat(completion: dict, *, model: str) -> dict:
+def message_from_chat(completion: dict, *, model: str, message_id: str) -> dict:
     choice = (completion.get("choices") or [{}])[0] or {}
     message = choice.get("message") or {}
     content: list[dict] = []
@@ -331,7 +339,7 @@ def message_from_chat(completion: dict, *, model: str) -> dict:
     finish = choice.get("finish_reason")
     stop_reason = "tool_use" if message.get("tool_calls") else STOP_REASONS.get(str(finish), "end_turn")
     return {
-        "id": new_message_id(),
+        "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
