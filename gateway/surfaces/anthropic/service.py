@@ -230,8 +230,9 @@ async def _create_admitted(
         content, usage = message["content"], message["usage"]
         response_body = translate.message_body(message)
     outcome.note_usage(usage, final=isinstance(answer.get("usage"), dict))
-    outcome.delivered.clear()  # the estimate, if the upstream gave no usage, reads outcome.text
-    outcome.text.extend(_block_text(block) for block in content or [] if isinstance(block, dict))
+    outcome.delivered.clear()
+    if not outcome.usage_final:  # no usage from the upstream: the estimate reads what the reply holds
+        outcome.text.extend(_block_text(block) for block in content or [] if isinstance(block, dict))
     complete = record()
     response_headers["x-writingmate-messages-counted"] = str(count_for(complete))
     return GatewayCall(result=Completion(status=200, body=response_body, headers=response_headers), finish=finish)
