@@ -204,17 +204,28 @@ class ChatStreamTranslator:
         self.saw_tool_call = False
         self.details: list[dict] = []  # the upstream's reasoning_details, sealed into a signature at the end
         self.details_sent = False
+        self.pending_text: list[str] = []  # the open text block's text from this upstream read, not yet sent
 
     def start(self) -> bytes:
         message_id, model = encode_basestring_ascii(self.message_id), encode_basestring_ascii(self.model)
         return _MESSAGE_START % (message_id.encode(), model.encode()) + PING
 
+    def flush(self) -> bytes:
+        """The text that arrived in this upstream read as one text_delta: chunks read together leave
+        together, so no delta waits for a later read."""
+        if not self.pending_text:
+            return b""
+        text = "".join(self.pending_text)
+        self.pending_text = []
+        self.outcome.text.append(text)
+        return _DELTA % (self.index, b"text_delta", b"text", encode_basestring_ascii(text).encode())
+
     def _close(self) -> bytes:
         if self.open is None:
             return b""
-        out = b""
+        out = self.flush()
         if self.open == "thinking" and self.details:
-            out = self._delta(b"signature_delta", b"signature", reasoning_signature(self.details))
+            out += self._delta(b"signature_delta", b"signature", reasoning_signature(self.details))
             self.details_sent = True
         self.open = None
         return out + _BLOCK_STOP % self.index
@@ -265,8 +276,7 @@ class ChatStreamTranslator:
                 if content and isinstance(content, str):
                     if self.open != "text":
                         out += self._open("text", {"type": "text", "text": ""})
-                    out += _DELTA % (self.index, b"text_delta", b"text", encode_basestring_ascii(content).encode())
-                    self.outcome.text.append(content)
+                    self.pending_text.append(content)  # sent by flush(), with the rest of this read's text
                 if "tool_calls" in delta and isinstance(calls := delta["tool_calls"], list):
                     for call in calls:
                         if isinstance(call, dict):
@@ -334,7 +344,7 @@ async def _translated_events(
         events, buffer = take_events(buffer + chunk if buffer else chunk)
         for event in events:
             if event.startswith(b":"):
-                out.append(PING)  # the upstream's keep-alive comment, as Anthropic's keep-alive
+                out.append(translator.flush() + PING)  # the upstream's keep-alive, as Anthropic's
                 continue
             # The usual event is one `data: ` line: read without data_of's general case (~8 k
             # instructions of argument parsing for its bytes methods, per event).
@@ -351,6 +361,7 @@ async def _translated_events(
                     raise ValueError("not an object")
             except ValueError:
                 outcome.status, outcome.error_kind = "failed", "malformed"
+                out.append(translator.flush())
                 out.append(error_event(error_type="api_error", message="The upstream sent a malformed event."))
                 yield b"".join(out)
                 return
@@ -361,12 +372,14 @@ async def _translated_events(
                 outcome.status = "failed"
                 outcome.upstream_error_relayed = True
                 message = _upstream_error_message(parsed["error"])
+                out.append(translator.flush())
                 out.append(error_event(error_type="api_error", message=message))
                 yield b"".join(out)
                 return
             out.append(translator.feed(parsed))
-        if outcome.finished:
-            out.append(translator.finish())
+        closing = translator.finish() if outcome.finished else translator.flush()
+        if closing:
+            out.append(closing)
         if out:
             yield b"".join(out)
         if outcome.finished:

@@ -27,7 +27,17 @@ def _skip_space(text: str, index: int) -> int:
 @dataclass(slots=True)
 class RawBody:
     text: str
-    members: dict[str, tuple[int, int, int]]  # key -> (member start, value start, value end) in `text`
+    spans: list[tuple[str, int, int, int]]  # (key, member start, value start, value end) in `text`, in order
+
+    @property
+    def members(self) -> dict[str, tuple[int, int, int]]:
+        """Each key's (member start, value start, value end), in the text's order; a repeated key's last
+        occurrence, as json.loads keeps (only a Claude body, sent on as bytes, needs them)."""
+        members: dict[str, tuple[int, int, int]] = {}
+        for key, start, value_start, end in self.spans:
+            members.pop(key, None)
+            members[key] = (start, value_start, end)
+        return members
 
     def with_model(
         self, model: str, *, leave_out: frozenset[str] = frozenset(), replace: dict[str, object] | None = None
@@ -35,7 +45,7 @@ class RawBody:
         """The body with `model` and the `replace` members' values replaced and `leave_out` members gone;
         every other byte as it came."""
         replace = {**(replace or {}), "model": model}
-        ordered = list(self.members.items())  # in the text's order: parse_body moves a repeated key to the end
+        ordered = list(self.members.items())
         text = self.text
         if not ordered:
             return text.encode()
@@ -94,7 +104,7 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
     except UnicodeDecodeError:
         raise _invalid_json() from None
     body: dict = {}
-    members: dict[str, tuple[int, int, int]] = {}
+    spans: list[tuple[str, int, int, int]] = []
     try:
         found, opening, index = _FIRST.match(text), "{", 0
         while True:
@@ -108,11 +118,10 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
                 key, start, value_start = text[key_span[0] : key_span[1]], key_span[0] - 1, whole[1]
             value, index = _scan_value(text, value_start)
             body[key] = value
-            members.pop(key, None)  # a repeated key: the last one wins, as in json.loads
-            members[key] = (start, value_start, index)
+            spans.append((key, start, value_start, index))
             found, opening = _NEXT.match(text, index), ","
         if index != len(text) and text[index:].strip(" \t\n\r"):
             raise ValueError("extra data")
     except (ValueError, StopIteration, RecursionError):
         raise _invalid_json() from None
-    return body, RawBody(text=text, members=members)
+    return body, RawBody(text=text, spans=spans)

@@ -297,7 +297,7 @@ def tool_input(arguments: object) -> dict:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if type(value) is int and value >= 0 else 0  # an int, not a bool
 
 
 def anthropic_usage(usage: object) -> dict:
@@ -312,7 +312,7 @@ def anthropic_usage(usage: object) -> dict:
         "cache_read_input_tokens": cached,
         "output_tokens": _count(usage.get("completion_tokens")),
     }
-    if searches := web_search_requests(usage):
+    if "server_tool_use" in usage and (searches := web_search_requests(usage)):
         translated["server_tool_use"] = {"web_search_requests": searches}  # Anthropic's spelling is OpenRouter's
     return translated
 
@@ -321,12 +321,13 @@ def message_from_chat(completion: dict, *, model: str, message_id: str) -> dict:
     choice = (completion.get("choices") or [{}])[0] or {}
     message = choice.get("message") or {}
     content: list[dict] = []
-    details: list[dict] = []
-    merge_reasoning_details(details, message.get("reasoning_details"))
-    content.extend(reasoning_blocks(reasoning_text(message), details))
+    if "reasoning" in message or "reasoning_content" in message or "reasoning_details" in message:
+        details: list[dict] = []
+        merge_reasoning_details(details, message.get("reasoning_details"))
+        content.extend(reasoning_blocks(reasoning_text(message), details))
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
+    for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         content.append(
             {
