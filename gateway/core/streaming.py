@@ -94,7 +94,11 @@ def split_events(relayed: bytes) -> list[bytes]:
 
 def data_of(event: bytes) -> bytes | None:
     """The data of one SSE event (its `data:` lines joined), or None if it has none."""
-    # The usual event is one data line ("data: ..." or "event: ...\ndata: ..."), then only line ends: not split.
+    # The usual event, one `data: ` line and its blank line, is read with the cheapest checks: bytes
+    # methods with arguments cost ~1.5 k instructions each in argument parsing, per event.
+    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2 and b"\r" not in event:
+        return event[6:-2].strip()
+    # Else one data line ("data: ..." or "event: ...\ndata: ...") followed only by line ends: not split.
     if event.startswith(b"data: "):
         start = 6
     else:

@@ -42,10 +42,11 @@ NOTHING_ADAPTED = Adaptation()
 
 def adapt_request(body: dict, resolved: Resolved, *, web_search_allowed: bool = False) -> Adaptation:
     """`web_search_allowed`: the workspace's plan includes hosted web search."""
-    if "tools" not in body and not resolved.stands_in and not resolved.max_output_tokens:
-        return NOTHING_ADAPTED  # the model takes the request as it is: nothing below would change it
+    as_sent = not resolved.stands_in and not resolved.max_output_tokens  # no alias rewrites its settings
+    if as_sent and "tools" not in body:
+        return NOTHING_ADAPTED
     server_tools = filter_server_tools(body, web_search_allowed=web_search_allowed)
-    if server_tools is NOTHING_LEFT_OUT and not resolved.stands_in and not resolved.max_output_tokens:
+    if as_sent and server_tools is NOTHING_LEFT_OUT:
         return NOTHING_ADAPTED
     replace: dict[str, object] = dict(server_tools.replace)
     leave_out: set[str] = set(server_tools.leave_out)

@@ -346,10 +346,7 @@ async def _translated_events(
             if event.startswith(b":"):
                 out.append(translator.flush() + PING)  # the upstream's keep-alive, as Anthropic's
                 continue
-            # The usual event is one `data: ` line: read without data_of's general case (~8 k
-            # instructions of argument parsing for its bytes methods, per event).
-            one_line = event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2
-            payload = event[6:-2].strip() if one_line else data_of(event)
+            payload = data_of(event)
             if not payload:
                 continue
             if payload == b"[DONE]":
