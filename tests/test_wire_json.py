@@ -89,3 +89,40 @@ def test_an_emoji_split_between_two_chunks_reaches_a_translated_stream_whole():
     ]
     assert "".join(texts).encode("utf-16", "surrogatepass").decode("utf-16") == "Smile \U0001f600 done"
     assert b"event: error" not in relayed
+
+
+def test_a_lone_surrogate_is_written_as_the_escape_it_came_as():
+    assert wire_json.dumps({"half": "\ud83d", "text": "café"}) == b'{"half":"\\ud83d","text":"caf\\u00e9"}'
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "openai/gpt-5-mini", "messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/responses", {"model": "openai/gpt-5-mini", "input": "x"}),
+        ("/api/anthropic/v1/messages", {"model": "openai/gpt-5-mini", "max_tokens": 64, "messages": []}),
+    ],
+)
+def test_a_request_with_half_an_emoji_reaches_the_upstream_as_sent(live_server, fake_upstream, path, body):
+    # A client that cuts text between the two halves of a surrogate pair sends a lone `\ud83d` escape:
+    # json reads it, and the body the gateway writes upstream must carry it, not fail.
+    import requests
+
+    from tests.support import make_user
+
+    caller = make_user("dev@example.com", plan="unlimited")
+    text = '"Smile \\ud83d"'
+    raw = json.dumps(body)
+    raw = raw.replace('"content": "x"', f'"content": {text}').replace('"input": "x"', f'"input": {text}')
+    raw = raw.replace('"messages": []', f'"messages": [{{"role": "user", "content": {text}}}]')
+    assert "\\ud83d" in raw
+    response = requests.post(
+        live_server.url + path,
+        data=raw.encode(),
+        headers={"Authorization": f"Bearer {caller.key}", "Content-Type": "application/json"},
+        timeout=20,
+    )
+
+    assert response.status_code == 200, response.text
+    assert b"Smile \\ud83d" in fake_upstream.last_request.body

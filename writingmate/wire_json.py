@@ -31,5 +31,6 @@ def dumps(value: Any) -> bytes:
     """Compact JSON as UTF-8 bytes (non-ASCII text as itself, not escaped)."""
     try:
         return orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError: an integer past 64 bits, a key that is not a string
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # orjson.JSONEncodeError: an integer past 64 bits, a key that is not a string, a lone surrogate
+        # ASCII escapes: a lone surrogate (half an emoji, as a client or upstream sent it) has no UTF-8 form.
+        return json.dumps(value, separators=(",", ":")).encode()
