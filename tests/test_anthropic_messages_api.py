@@ -124,6 +124,31 @@ def test_the_body_reaches_the_upstream_byte_for_byte_except_the_model(base_url, 
     assert response.headers["request-id"].startswith("req_")
 
 
+def test_an_alias_that_does_not_say_claude_still_sends_the_body_byte_for_byte(base_url, fake_upstream, caller):
+    # A model named first that does not look like Claude's is read by orjson; the members' places are
+    # found when the alias turns out to serve a Claude model, and every byte but the model's still goes.
+    from gateway.surfaces.anthropic.models import forget_aliases
+
+    ModelAlias.objects.create(alias="team-default", target=CatalogueModel.objects.get(slug=CLAUDE))
+    forget_aliases()
+    raw = (
+        '{"model": "team-default", "metadata": {"user_id": "u"},\n "api_base": "http://evil", "messages":'
+        '[{"role":"user","content":"caf\\u00e9  1.0e2"}], "api_base": "http://evil", "max_tokens": 64}'
+    )
+    response = requests.post(
+        f"{base_url}/v1/messages",
+        data=raw.encode(),
+        headers={"x-api-key": caller.key, "content-type": "application/json"},
+        timeout=20,
+    )
+
+    assert response.status_code == 200, response.text
+    assert fake_upstream.last_request.body == (
+        b'{"model": "anthropic/claude-sonnet-4.5", "metadata": {"user_id": "u"},\n "messages":'
+        b'[{"role":"user","content":"caf\\u00e9  1.0e2"}], "max_tokens": 64}'
+    )
+
+
 def test_a_claude_stream_is_relayed_byte_for_byte_and_validates_as_sdk_events(base_url, fake_upstream, caller):
     response = _post(base_url, caller.key, {"model": CLAUDE, "max_tokens": 64, "messages": HELLO, "stream": True})
 

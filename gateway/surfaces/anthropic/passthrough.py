@@ -4,19 +4,26 @@ Thinking blocks are signed and cache breakpoints are matched by content: the his
 Anthropic exactly as the client sent it. So the body is never re-serialised: each top-level member
 keeps its bytes, only `model` is replaced (by the upstream's name) and members the upstream must not
 see are left out.
+
+Only a Claude body needs those places, and finding them costs several times what orjson takes to read
+the values alone. So a body that names a model that does not look like Claude's (a client that picks
+`openai/gpt-5`) is read by orjson, and its places are found only if a Claude model serves it after all
+(a staff alias); any other body, or one orjson refuses, is read member by member.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+
+import orjson
 
 from gateway.errors import invalid_request
 from writingmate import wire_json
 
 _decoder = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
+Span = tuple[str, int, int, int]
 
 
 def _skip_space(text: str, index: int) -> int:
@@ -24,41 +31,52 @@ def _skip_space(text: str, index: int) -> int:
     return match.end() if match else index  # the pattern matches the empty string, so always a match
 
 
-@dataclass(slots=True)
 class RawBody:
-    text: str
-    spans: list[tuple[str, int, int, int]]  # (key, member start, value start, value end) in `text`, in order
+    """The body's text and where each top-level member is in it."""
+
+    __slots__ = ("_raw", "_spans", "_text")
+
+    def __init__(self, raw: bytes, *, text: str | None = None, spans: list[Span] | None = None) -> None:
+        self._raw, self._text, self._spans = raw, text, spans
 
     @property
-    def members(self) -> dict[str, tuple[int, int, int]]:
-        """Each key's (member start, value start, value end), in the text's order; a repeated key's last
-        occurrence, as json.loads keeps (only a Claude body, sent on as bytes, needs them)."""
-        members: dict[str, tuple[int, int, int]] = {}
-        for key, start, value_start, end in self.spans:
-            members.pop(key, None)
-            members[key] = (start, value_start, end)
-        return members
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._raw.decode("utf-8")  # orjson read it: valid UTF-8
+        return self._text
+
+    @property
+    def spans(self) -> list[Span]:
+        """(key, member start, value start, value end) in `text`, in order."""
+        if self._spans is None:
+            try:
+                self._spans = _scan(self.text)[1]
+            except (ValueError, StopIteration, RecursionError):  # nested deeper than json reads, orjson did
+                raise _invalid_json() from None
+        return self._spans
 
     def with_model(
         self, model: str, *, leave_out: frozenset[str] = frozenset(), replace: dict[str, object] | None = None
     ) -> bytes:
         """The body with `model` and the `replace` members' values replaced and `leave_out` members gone;
-        every other byte as it came."""
+        every other byte as it came. A repeated key keeps only its last occurrence, the one json.loads
+        read (so an earlier copy of a member left out cannot slip through)."""
         replace = {**(replace or {}), "model": model}
-        ordered = list(self.members.items())
-        text = self.text
-        if not ordered:
+        text, spans = self.text, self.spans
+        if not spans:
             return text.encode()
-        kept = [(i, key, span) for i, (key, span) in enumerate(ordered) if key not in leave_out]
-        parts = [text[: ordered[0][1][0]]]
-        for position, (i, key, (start, value_start, end)) in enumerate(kept):
+        last = {span[0]: i for i, span in enumerate(spans)}
+        kept = [i for i, span in enumerate(spans) if last[span[0]] == i and span[0] not in leave_out]
+        parts = [text[: spans[0][1]]]
+        for position, i in enumerate(kept):
+            key, start, value_start, end = spans[i]
             if key in replace:
                 parts.append(text[start:value_start] + wire_json.dumps(replace[key]).decode())
             else:
                 parts.append(text[start:end])
             if position + 1 < len(kept):
-                parts.append(text[end : ordered[i + 1][1][0]])  # the separator that followed this member
-        parts.append(text[ordered[-1][1][2] :])
+                parts.append(text[end : spans[i + 1][1]])  # the separator that followed this member
+        parts.append(text[spans[-1][3] :])
         return "".join(parts).encode()
 
 
@@ -97,31 +115,52 @@ def _next_member_escaped(opening: str, text: str, index: int) -> tuple[str, int,
     return _escaped_key(text, index + 1)
 
 
+# The first "model" key and its plain string value: the one thing read before choosing how to read the rest
+# (usually the top-level member; if a nested one comes first, the guess costs time, never correctness).
+_MODEL = re.compile(rb'"model"[ \t\n\r]*:[ \t\n\r]*"([^"\\]*)"')
+
+
 def parse_body(raw: bytes) -> tuple[dict, RawBody]:
-    """(the body as a dict, where each member is) from one pass of the JSON decoder."""
+    """(the body as a dict, where each member is), or a 400 invalid_json if it is not one JSON object."""
+    named = _MODEL.search(raw)
+    if named is not None and b"claude" not in (model := named[1]) and not model.startswith(b"anthropic/"):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the scan below gives json's answer (NaN, a lone surrogate escape) or the 400
+        else:
+            if type(body) is dict:
+                return body, RawBody(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _invalid_json() from None
-    body: dict = {}
-    spans: list[tuple[str, int, int, int]] = []
     try:
-        found, opening, index = _FIRST.match(text), "{", 0
-        while True:
-            if found is None:
-                key, start, value_start = _next_member_escaped(opening, text, index)
-            else:
-                whole, key_span, closing = found.regs  # spans, read as an attribute: no call per member
-                if closing[0] != -1:
-                    index = whole[1]
-                    break
-                key, start, value_start = text[key_span[0] : key_span[1]], key_span[0] - 1, whole[1]
-            value, index = _scan_value(text, value_start)
-            body[key] = value
-            spans.append((key, start, value_start, index))
-            found, opening = _NEXT.match(text, index), ","
-        if index != len(text) and text[index:].strip(" \t\n\r"):
-            raise ValueError("extra data")
+        body, spans = _scan(text)
     except (ValueError, StopIteration, RecursionError):
         raise _invalid_json() from None
-    return body, RawBody(text=text, spans=spans)
+    return body, RawBody(raw, text=text, spans=spans)
+
+
+def _scan(text: str) -> tuple[dict, list[Span]]:
+    """The body and its members' places, from one pass of the JSON decoder (ValueError, StopIteration or
+    RecursionError if it is not one JSON object)."""
+    body: dict = {}
+    spans: list[Span] = []
+    found, opening, index = _FIRST.match(text), "{", 0
+    while True:
+        if found is None:
+            key, start, value_start = _next_member_escaped(opening, text, index)
+        else:
+            whole, key_span, closing = found.regs  # spans, read as an attribute: no call per member
+            if closing[0] != -1:
+                index = whole[1]
+                break
+            key, start, value_start = text[key_span[0] : key_span[1]], key_span[0] - 1, whole[1]
+        value, index = _scan_value(text, value_start)
+        body[key] = value
+        spans.append((key, start, value_start, index))
+        found, opening = _NEXT.match(text, index), ","
+    if index != len(text) and text[index:].strip(" \t\n\r"):
+        raise ValueError("extra data")
+    return body, spans

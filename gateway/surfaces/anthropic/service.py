@@ -35,6 +35,7 @@ from gateway.surfaces.anthropic.events import (
 from gateway.surfaces.anthropic.models import Resolved, is_claude, resolve_model
 from gateway.surfaces.anthropic.passthrough import RawBody
 from gateway.tokens import count_chat_prompt_tokens, count_text_tokens
+from writingmate import wire_json
 
 ENDPOINT = "messages"  # as the ledger records it
 DEFAULT_VERSION = "2023-06-01"
@@ -130,17 +131,18 @@ async def create_message(
 ) -> GatewayCall:
     """`body` and `raw` from passthrough.parse_body of `raw_body` (the view parses, to label the request)."""
     resolved, route, adaptation = await _admit(caller, body)
+    # Built before anything is reserved: a body a Claude upstream cannot take as it came is a 400 here.
+    call = _upstream_call(body, raw, adaptation, resolved.entry, route=route, headers=headers, request_id=request_id)
     return await services.idempotently(
         caller=caller,
         idempotency_key=idempotency_key,
         raw_body=raw_body,
-        stream=body.get("stream") is True,
+        stream=call.stream,
         run=lambda: _create_admitted(
             caller=caller,
             body=body,
-            raw=raw,
+            call=call,
             adaptation=adaptation,
-            headers=headers,
             request_id=request_id,
             entry=resolved.entry,
             route=route,
@@ -148,19 +150,48 @@ async def create_message(
     )
 
 
+def _upstream_call(
+    body: dict,
+    raw: RawBody,
+    adaptation: Adaptation,
+    entry: catalogue.CatalogueEntry,
+    *,
+    route: Route,
+    headers: Mapping[str, str],
+    request_id: str,
+) -> UpstreamCall:
+    """A Claude model's Messages call with the body as it came; any other model's chat completion."""
+    stream = body.get("stream") is True
+    if is_claude(entry):
+        raw_body = raw.with_model(
+            entry.upstream_name, leave_out=LEAVE_OUT | adaptation.leave_out, replace=adaptation.replace
+        )
+        return UpstreamCall(
+            path="/messages",
+            api_key=route.api_key,
+            request_id=request_id,
+            raw_body=raw_body,
+            headers=_claude_headers(headers),
+            stream=stream,
+        )
+    chat = translate.chat_request(adaptation.applied_to(body), upstream_model=entry.upstream_name, stream=stream)
+    return UpstreamCall(
+        path="/chat/completions", api_key=route.api_key, request_id=request_id, json_body=chat, stream=stream
+    )
+
+
 async def _create_admitted(
     *,
     caller: ApiCaller,
     body: dict,
-    raw: RawBody,
+    call: UpstreamCall,
     adaptation: Adaptation,
-    headers: Mapping[str, str],
     request_id: str,
     entry: catalogue.CatalogueEntry,
     route: Route,
 ) -> GatewayCall:
     reservation = await services.reserve(caller=caller, route=route, request_id=request_id)
-    stream = body.get("stream") is True
+    stream = call.stream
     claude = is_claude(entry)
     outcome = MessagesOutcome()
     relay: AsyncGenerator[bytes, None] | None = None
@@ -177,22 +208,6 @@ async def _create_admitted(
         counted = await finish_request(reservation=reservation, usage=complete or record())
         services.observe_outcome(endpoint=ENDPOINT, model=entry.slug, outcome=outcome, counted=counted, byok=route.byok)
 
-    if claude:
-        call = UpstreamCall(
-            path="/messages",
-            api_key=route.api_key,
-            request_id=request_id,
-            raw_body=raw.with_model(
-                entry.upstream_name, leave_out=LEAVE_OUT | adaptation.leave_out, replace=adaptation.replace
-            ),
-            headers=_claude_headers(headers),
-            stream=stream,
-        )
-    else:
-        chat = translate.chat_request(adaptation.applied_to(body), upstream_model=entry.upstream_name, stream=stream)
-        call = UpstreamCall(
-            path="/chat/completions", api_key=route.api_key, request_id=request_id, json_body=chat, stream=stream
-        )
     upstream = await services.send_upstream(route, call, outcome=outcome, finish=finish, reservation=reservation)
 
     response_headers = reservation.budget.headers()
@@ -228,7 +243,7 @@ async def _create_admitted(
     else:
         message = translate.message_from_chat(answer, model=entry.slug, message_id=translate.message_id_for(request_id))
         content, usage = message["content"], message["usage"]
-        response_body = translate.message_body(message)
+        response_body = wire_json.dumps(message)
     outcome.note_usage(usage, final=isinstance(answer.get("usage"), dict))
     outcome.delivered.clear()
     if not outcome.usage_final:  # no usage from the upstream: the estimate reads what the reply holds

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from gateway.core import sealing
@@ -349,36 +348,3 @@ def message_from_chat(completion: dict, *, model: str, message_id: str) -> dict:
         "stop_sequence": None,
         "usage": anthropic_usage(completion.get("usage")),
     }
-
-
-# A reply that is one text block with the usual usage, as json.dumps writes it, without walking the dict.
-_TEXT_MESSAGE = (
-    '{"id": %s, "type": "message", "role": "assistant", "model": %s, "content": [{"type": "text", "text": %s}], '
-    '"stop_reason": %s, "stop_sequence": null, "usage": {"input_tokens": %d, "cache_creation_input_tokens": 0, '
-    '"cache_read_input_tokens": %d, "output_tokens": %d}}'
-)
-_USAGE_KEYS = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"]
-
-
-def message_body(message: dict) -> bytes:
-    """json.dumps(message).encode() of message_from_chat's answer."""
-    content, usage = message["content"], message["usage"]
-    if (
-        len(content) == 1
-        and content[0]["type"] == "text"
-        and list(usage) == _USAGE_KEYS
-        and usage["cache_creation_input_tokens"] == 0
-    ):
-        return (
-            _TEXT_MESSAGE
-            % (
-                encode_basestring_ascii(message["id"]),
-                encode_basestring_ascii(message["model"]),
-                encode_basestring_ascii(content[0]["text"]),
-                encode_basestring_ascii(message["stop_reason"]),
-                usage["input_tokens"],
-                usage["cache_read_input_tokens"],
-                usage["output_tokens"],
-            )
-        ).encode()
-    return json.dumps(message).encode()
