@@ -67,6 +67,7 @@ FAILURE_KINDS = frozenset(
         "timeout_before_headers",
         "stall_after_first_chunk",
         "malformed_sse",
+        "malformed_error_sse",
         "drop_mid_stream",
         "error_mid_stream",
         "absurd_usage",
@@ -650,6 +651,8 @@ class FakeUpstream:
                 return response
             if index == 1 and failure == "malformed_sse":
                 await response.write(b"data: {this is not json\n\n")
+            if index == 1 and failure == "malformed_error_sse":
+                await response.write(b'data: {"error": {"message": broken}}\n\n')
             if index == 2 and failure == "drop_mid_stream":
                 _abort(request)
                 return response

@@ -112,6 +112,7 @@ def stream(url: str, key: str, **fields: object) -> tuple[requests.Response, lis
     [
         "drop_mid_stream",
         "malformed_sse",
+        "malformed_error_sse",  # looks like an error, is not JSON
         "stall_after_first_chunk",
         "error_mid_stream",
     ],

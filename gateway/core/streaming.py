@@ -314,7 +314,10 @@ def _relay_one(event: bytes, *, include_usage: bool, outcome: CallOutcome) -> by
         except ValueError:
             return _MALFORMED
     if _ERROR_KEY.search(payload):
-        parsed = wire_json.loads(payload)
+        try:
+            parsed = wire_json.loads(payload)
+        except ValueError:
+            return _MALFORMED
         if parsed.get("error"):
             outcome.status = "failed"
             outcome.upstream_error_relayed = True
