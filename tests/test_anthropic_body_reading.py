@@ -25,6 +25,9 @@ BODIES = [
     '{"model": "openai/gpt-5-mini", "we\\u00efrd key": [1.5, -2e3, true, false, null], "messages": []}',
     '{"model": "openai/gpt-5-mini"}',
     '{"model": "gpt\\u002d5"}',
+    '{"messages": [], "model": "anthropic/claude-sonnet-4.5", "text": "café 😀"}',
+    '{"model": "openai/gpt-5-mini", "text": "café 😀"}',
+    '{"system": "café 😀", "model": "openai/gpt-5-mini", "max_tokens": 1}',
     "{}",
 ]
 REFUSED = [
@@ -56,24 +59,25 @@ def test_what_is_not_one_json_object_is_a_400(raw):
     assert refused.value.status == 400 and refused.value.code == "invalid_json"
 
 
+@pytest.mark.parametrize("changes", [{}, {"leave_out": frozenset({"a"}), "replace": {"top_k": 1}}])
 @pytest.mark.parametrize("raw", BODIES)
-def test_a_body_goes_on_as_it_came_but_the_model_whichever_way_it_was_read(raw):
+def test_a_body_goes_on_as_it_came_but_the_model_whichever_way_it_was_read(raw, changes):
     _, read = parse_body(raw.encode())
-    sent = read.with_model("anthropic/claude-sonnet-4.5", leave_out=frozenset({"a"}), replace={"top_k": 1})
-    if "model" not in json.loads(raw):
+    sent = read.with_model("anthropic/claude-sonnet-4.5", **changes)
+    expected = json.loads(raw)
+    if "model" not in expected:
         assert b'"model"' not in sent  # a body without one has nothing to replace
         return
-    expected = json.loads(raw)
-    expected.pop("a", None)
     expected["model"] = "anthropic/claude-sonnet-4.5"
-    if "top_k" in expected:
-        expected["top_k"] = 1
+    if changes:
+        expected.pop("a", None)
+        if "top_k" in expected:
+            expected["top_k"] = 1
+        assert b'"a"' not in sent  # left out, every occurrence of it
     assert json.dumps(json.loads(sent), sort_keys=True) == json.dumps(expected, sort_keys=True)
-    assert b'"a"' not in sent  # left out, every occurrence of it
     # Every byte around the model (and the members replaced or left out) is the client's.
-    untouched = raw.split('"model"')[0]
-    assert sent.decode().startswith(untouched)
-    for member in ('"messages": ' + HELLO, '"messages":' + HELLO, '"max_tokens":  64 }'):
+    assert sent.decode().startswith(raw.split('"model"')[0])
+    for member in ('"messages": ' + HELLO, '"messages":' + HELLO, '"max_tokens":  64 }', '"text": "café 😀"}'):
         if member in raw:
             assert member in sent.decode()
 

@@ -61,8 +61,16 @@ class RawBody:
         """The body with `model` and the `replace` members' values replaced and `leave_out` members gone;
         every other byte as it came. A repeated key keeps only its last occurrence, the one json.loads
         read (so an earlier copy of a member left out cannot slip through)."""
-        replace = {**(replace or {}), "model": model}
         text, spans = self.text, self.spans
+        keys = {span[0] for span in spans}
+        if not replace and "model" in keys and len(keys) == len(spans) and leave_out.isdisjoint(keys):
+            # The usual body: each key once, nothing to leave out: only the model's value changes.
+            for key, _, value_start, end in spans:
+                if key == "model":
+                    if len(self._raw) == len(text):  # ASCII: the text's offsets are the bytes'
+                        return self._raw[:value_start] + wire_json.dumps(model) + self._raw[end:]
+                    return (text[:value_start] + wire_json.dumps(model).decode() + text[end:]).encode()
+        replace = {**(replace or {}), "model": model}
         if not spans:
             return text.encode()
         last = {span[0]: i for i, span in enumerate(spans)}

@@ -40,35 +40,38 @@ def _type_error(param: str, expected: str) -> ApiError:
     return invalid_request(f"{param}: Input should be {expected}", param=param)
 
 
+_ROLES = ("user", "assistant", "system")
+_MEMBER_TYPES = (
+    ("tools", list, "a valid list"),
+    ("stop_sequences", list, "a valid list"),
+    ("system", (str, list), "a valid string or list of text blocks"),
+    ("thinking", dict, "an object"),
+    ("metadata", dict, "an object"),
+    ("tool_choice", dict, "an object"),
+)
+
+
 def check_request(body: dict) -> None:
     """The checks Anthropic's API makes that the gateway relies on, each a 400 naming the field."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _type_error("messages", "a valid list")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
             raise invalid_request(
                 f"messages.{index}.role: Input should be 'user' or 'assistant'", param=f"messages.{index}"
             )
-        content = message.get("content")
-        if not isinstance(content, str | list):
+        if not isinstance(message.get("content"), (str, list)):
             raise _type_error(f"messages.{index}.content", "a valid string or list of content blocks")
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise _type_error("max_tokens", "a positive integer")
     for name in ("temperature", "top_p"):
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise _type_error(name, "a number")
-    for name, kind, expected in (
-        ("tools", list, "a valid list"),
-        ("stop_sequences", list, "a valid list"),
-        ("system", str | list, "a valid string or list of text blocks"),
-        ("thinking", dict, "an object"),
-        ("metadata", dict, "an object"),
-        ("tool_choice", dict, "an object"),
-    ):
-        if body.get(name) is not None and not isinstance(body[name], kind):
+    for name, kind, expected in _MEMBER_TYPES:
+        if name in body and body[name] is not None and not isinstance(body[name], kind):
             raise _type_error(name, expected)
 
 
