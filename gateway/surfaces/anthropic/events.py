@@ -67,13 +67,14 @@ def _upstream_error_message(error: object) -> str:
 # ---- Claude: byte for byte ---------------------------------------------------------------------
 
 
-def _event_start(buffer: bytes, position: int) -> int:
-    """Where the event holding `position` begins: just after the last blank line before it."""
+def _event_start(buffer: bytes, position: int, crlf: bool) -> int:
+    """Where the event holding `position` begins: just after the last blank line before it. `crlf`: the
+    buffer holds a CR (else only LF blank lines are looked for)."""
     lf = buffer.rfind(b"\n\n", 0, position)
-    if b"\r" not in buffer:  # LF only, the usual stream: no CRLF blank line to look for
+    if not crlf:  # LF only, the usual stream
         return lf + 2 if lf != -1 else 0
-    crlf = buffer.rfind(b"\r\n\r\n", lf + 1, position)  # only after the last LF one: not the whole buffer again
-    return crlf + 4 if crlf != -1 else (lf + 2 if lf != -1 else 0)
+    found = buffer.rfind(b"\r\n\r\n", lf + 1, position)  # only after the last LF one: not the whole buffer again
+    return found + 4 if found != -1 else (lf + 2 if lf != -1 else 0)
 
 
 def _stream_error(message: str, code: str) -> bytes:
@@ -93,7 +94,7 @@ async def _message_events(upstream: UpstreamResponse, outcome: MessagesOutcome) 
             outcome.first_byte_at = time.monotonic()
         outcome.delivered.append(chunk)
         buffer = pending + chunk if pending else chunk
-        end = _event_start(buffer, len(buffer))
+        end = _event_start(buffer, len(buffer), b"\r" in buffer)
         if not end:
             pending = buffer
             continue
@@ -107,24 +108,30 @@ async def _message_events(upstream: UpstreamResponse, outcome: MessagesOutcome) 
     # An event the upstream never finished is dropped: guard_relay's error event says what happened.
 
 
-def _next_billed(whole: bytes, start: int) -> int:
-    """Where the next `message_` or `"error"` is (-1: none): two byte searches, faster than one regex."""
-    message, error = whole.find(b"message_", start), whole.find(b'"error"', start)
+def _next_billed(whole: bytes, start: int, errors: bool) -> int:
+    """Where the next `message_` or, when `errors` (`whole` holds one), `"error"` is; -1: none."""
+    message = whole.find(b"message_", start)
+    if not errors:
+        return message
+    error = whole.find(b'"error"', start)
     return message if error == -1 or (message != -1 and message < error) else error
 
 
 def _note_events(whole: bytes, outcome: MessagesOutcome) -> None:
     """Read what billing needs from the whole events in `whole`: only the events that can be a
-    message_* or an error are cut out and read; the deltas between them (most of a stream) are not."""
-    if b"message_" not in whole and b'"error"' not in whole:
-        return  # deltas only
-    found = _next_billed(whole, 0)
+    message_* or an error are cut out and read; the deltas between them (most of a stream) are not.
+    Each search that would run to the end of `whole` (an error, a CR) runs once, not once an event."""
+    errors, crlf = b'"error"' in whole, b"\r" in whole
+    found = _next_billed(whole, 0, errors)
     while found != -1:
-        start = _event_start(whole, found)
-        index, length = next_boundary(whole, found)
+        start = _event_start(whole, found, crlf)
+        if crlf:
+            index, length = next_boundary(whole, found)
+        else:
+            index, length = whole.find(b"\n\n", found), 2
         end = len(whole) if index == -1 else index + length
         _note_event(whole[start:end], outcome)
-        found = _next_billed(whole, end)
+        found = _next_billed(whole, end, errors)
 
 
 def _note_event(event: bytes, outcome: MessagesOutcome) -> None:

@@ -36,8 +36,11 @@ class RawBody:
 
     __slots__ = ("_raw", "_spans", "_text")
 
-    def __init__(self, raw: bytes, *, text: str | None = None, spans: list[Span] | None = None) -> None:
-        self._raw, self._text, self._spans = raw, text, spans
+    def __init__(self, raw: bytes, text: str | None, spans: list[Span] | None) -> None:
+        """`text` and `spans` None: found when first needed."""
+        self._raw = raw
+        self._text = text
+        self._spans = spans
 
     @property
     def text(self) -> str:
@@ -123,22 +126,23 @@ def _next_member_escaped(opening: str, text: str, index: int) -> tuple[str, int,
     return _escaped_key(text, index + 1)
 
 
-# The first "model" key and its plain string value: the one thing read before choosing how to read the rest
-# (usually the top-level member; if a nested one comes first, the guess costs time, never correctness).
-_MODEL = re.compile(rb'"model"[ \t\n\r]*:[ \t\n\r]*"([^"\\]*)"')
+# The first "model" key with a plain string value, and whether that value looks like Claude's (group 1):
+# the one thing read before choosing how to read the rest. Usually it is the top-level member; if a
+# nested one comes first, the guess costs time, never correctness.
+_MODEL = re.compile(rb'"model"[ \t\n\r]*:[ \t\n\r]*"(?:(anthropic/|[^"\\]*claude)|[^"\\]*")')
 
 
 def parse_body(raw: bytes) -> tuple[dict, RawBody]:
     """(the body as a dict, where each member is), or a 400 invalid_json if it is not one JSON object."""
     named = _MODEL.search(raw)
-    if named is not None and b"claude" not in (model := named[1]) and not model.startswith(b"anthropic/"):
+    if named is not None and named.lastindex is None:  # a model that is not Claude's
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # the scan below gives json's answer (NaN, a lone surrogate escape) or the 400
         else:
             if type(body) is dict:
-                return body, RawBody(raw)
+                return body, RawBody(raw, None, None)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -147,7 +151,7 @@ def parse_body(raw: bytes) -> tuple[dict, RawBody]:
         body, spans = _scan(text)
     except (ValueError, StopIteration, RecursionError):
         raise _invalid_json() from None
-    return body, RawBody(raw, text=text, spans=spans)
+    return body, RawBody(raw, text, spans)
 
 
 def _scan(text: str) -> tuple[dict, list[Span]]:
