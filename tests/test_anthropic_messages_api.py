@@ -69,6 +69,12 @@ def _post(base_url: str, key: str, body: dict, **headers: str) -> requests.Respo
     )
 
 
+def _post_raw(base_url: str, key: str, raw: str, **headers: str) -> requests.Response:
+    """A body as these bytes exactly (no anthropic-version unless given)."""
+    headers = {"x-api-key": key, "content-type": "application/json", **headers}
+    return requests.post(f"{base_url}/v1/messages", data=raw.encode(), headers=headers, timeout=20)
+
+
 # ---- Claude: the upstream's Messages API, byte for byte ----------------------------------------------
 
 
@@ -105,12 +111,7 @@ def test_the_body_reaches_the_upstream_byte_for_byte_except_the_model(base_url, 
         '"caf\\u00e9 \\ud83d\\ude00 1.0e2"}],"temperature":1.0,"extra_body":{"base_url":"http://evil"},'
         '"api_base":"http://evil","headers":{"x":"y"}}'
     )
-    response = requests.post(
-        f"{base_url}/v1/messages",
-        data=raw.encode(),
-        headers={"x-api-key": caller.key, "content-type": "application/json", "anthropic-beta": "a-2025,b-2026"},
-        timeout=20,
-    )
+    response = _post_raw(base_url, caller.key, raw, **{"anthropic-beta": "a-2025,b-2026"})
 
     assert response.status_code == 200, response.text
     sent = fake_upstream.last_request
@@ -135,12 +136,7 @@ def test_an_alias_that_does_not_say_claude_still_sends_the_body_byte_for_byte(ba
         '{"model": "team-default", "metadata": {"user_id": "u"},\n "api_base": "http://evil", "messages":'
         '[{"role":"user","content":"caf\\u00e9  1.0e2"}], "api_base": "http://evil", "max_tokens": 64}'
     )
-    response = requests.post(
-        f"{base_url}/v1/messages",
-        data=raw.encode(),
-        headers={"x-api-key": caller.key, "content-type": "application/json"},
-        timeout=20,
-    )
+    response = _post_raw(base_url, caller.key, raw)
 
     assert response.status_code == 200, response.text
     assert fake_upstream.last_request.body == (

@@ -97,14 +97,20 @@ def test_a_lone_surrogate_is_written_as_the_escape_it_came_as():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "raw"),
     [
-        ("/v1/chat/completions", {"model": "openai/gpt-5-mini", "messages": [{"role": "user", "content": "x"}]}),
-        ("/v1/responses", {"model": "openai/gpt-5-mini", "input": "x"}),
-        ("/api/anthropic/v1/messages", {"model": "openai/gpt-5-mini", "max_tokens": 64, "messages": []}),
+        (
+            "/v1/chat/completions",
+            '{"model": "openai/gpt-5-mini", "messages": [{"role": "user", "content": "Smile \\ud83d"}]}',
+        ),
+        ("/v1/responses", '{"model": "openai/gpt-5-mini", "input": "Smile \\ud83d"}'),
+        (
+            "/api/anthropic/v1/messages",
+            '{"model": "openai/gpt-5-mini", "max_tokens": 64, "messages": [{"role": "user", "content": "Smile \\ud83d"}]}',
+        ),
     ],
 )
-def test_a_request_with_half_an_emoji_reaches_the_upstream_as_sent(live_server, fake_upstream, path, body):
+def test_a_request_with_half_an_emoji_reaches_the_upstream_as_sent(live_server, fake_upstream, path, raw):
     # A client that cuts text between the two halves of a surrogate pair sends a lone `\ud83d` escape:
     # json reads it, and the body the gateway writes upstream must carry it, not fail.
     import requests
@@ -112,11 +118,6 @@ def test_a_request_with_half_an_emoji_reaches_the_upstream_as_sent(live_server, 
     from tests.support import make_user
 
     caller = make_user("dev@example.com", plan="unlimited")
-    text = '"Smile \\ud83d"'
-    raw = json.dumps(body)
-    raw = raw.replace('"content": "x"', f'"content": {text}').replace('"input": "x"', f'"input": {text}')
-    raw = raw.replace('"messages": []', f'"messages": [{{"role": "user", "content": {text}}}]')
-    assert "\\ud83d" in raw
     response = requests.post(
         live_server.url + path,
         data=raw.encode(),

@@ -163,7 +163,7 @@ def _upstream_call(
     """A Claude model's Messages call with the body as it came; any other model's chat completion."""
     stream = body.get("stream") is True
     if is_claude(entry):
-        leave_out = LEAVE_OUT | adaptation.leave_out if adaptation.leave_out else LEAVE_OUT
+        leave_out = LEAVE_OUT | adaptation.leave_out
         raw_body = raw.with_model(entry.upstream_name, leave_out=leave_out, replace=adaptation.replace)
         return UpstreamCall(
             path="/messages",
